@@ -1,0 +1,3 @@
+module vbcache
+
+go 1.26.8
