@@ -1,0 +1,233 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+)
+
+// modelItem is the fuzz model's view of an item.
+type modelItem struct {
+	value    []byte
+	flags    uint32
+	dataType uint8
+	exp      int64
+	cas      uint64
+}
+
+// FuzzStore runs a sequence of operations decoded from the input against a
+// Store and against a plain map, and checks that they agree. The clock is
+// fixed and the memory limit large, so nothing expires by itself and
+// nothing is evicted.
+//
+// Each operation takes 4 bytes: op, key, arg1, arg2.
+func FuzzStore(f *testing.F) {
+	f.Add([]byte{0, 0, 3, 0, 3, 0, 5, 0, 9, 0, 0, 0})       // set, append, get
+	f.Add([]byte{8, 1, 0, 1, 8, 1, 1, 0, 9, 1, 0, 0})       // incr create, decr, get
+	f.Add([]byte{0, 2, 0, 0x40, 2, 2, 1, 0x40, 6, 2, 0, 0}) // set, replace with cas, delete
+	f.Add([]byte{1, 3, 1, 0, 1, 3, 2, 0, 10, 3, 0, 3, 11, 0, 0, 0})
+	f.Add([]byte{0, 0, 8, 0, 0, 0, 6, 0, 4, 0, 2, 0, 9, 0, 0, 0}) // set, shrink, prepend in place, get
+	f.Fuzz(func(t *testing.T, input []byte) {
+		const (
+			now     = t0
+			maxOps  = 256
+			numKeys = 6
+		)
+		s, _ := newTestStore(t, Config{MemoryLimit: 1 << 30, Shards: 2})
+		model := map[string]*modelItem{}
+		var lastCAS uint64
+		// gotCAS checks that a successful mutation's CAS is new and larger.
+		gotCAS := func(op string, cas uint64) {
+			if cas <= lastCAS {
+				t.Fatalf("%s: CAS %d not above previous %d", op, cas, lastCAS)
+			}
+			lastCAS = cas
+		}
+		for n := 0; len(input) >= 4 && n < maxOps; n++ {
+			op, k, a1, a2 := input[0], input[1], input[2], input[3]
+			input = input[4:]
+			key := []byte{'k', '0' + k%numKeys}
+			cur := model[string(key)]
+			// a2 bits 6-7 choose the CAS argument: none, right, wrong.
+			var cas uint64
+			switch a2 >> 6 {
+			case 1:
+				if cur != nil {
+					cas = cur.cas
+				} else {
+					cas = lastCAS + 1
+				}
+			case 2:
+				cas = lastCAS + 1
+			}
+			// a2 bits 4-5 choose the expiration: never, past, now, future.
+			exp := [4]int64{0, now - 1, now, now + 100}[a2>>4&3]
+			// a1 chooses the value: a number (odd) or a short run of letters.
+			value := []byte(strconv.Itoa(int(a1 >> 1)))
+			if a1&1 == 0 {
+				value = bytes.Repeat([]byte{'a' + a1%26}, int(a1>>1)%5)
+			}
+			flags := uint32(a2 & 0xf)
+			desc := fmt.Sprintf("op %d key %s value %q flags %d exp %d cas %d", op%12, key, value, flags, exp, cas)
+
+			switch op % 12 {
+			case 0, 1, 2, 3, 4: // set, add, replace, append, prepend
+				mode := Mode(op % 12)
+				var want error
+				switch {
+				case mode == ModeAdd && cur != nil:
+					want = ErrExists
+				case cur == nil && (mode == ModeReplace || mode == ModeSet && cas != 0):
+					want = ErrNotFound
+				case cur == nil && mode >= ModeAppend:
+					want = ErrNotStored
+				case mode != ModeAdd && cas != 0 && cur.cas != cas:
+					want = ErrExists
+				}
+				newCAS, err := s.Set(mode, key, value, flags, 1, exp, cas)
+				if !errors.Is(err, want) {
+					t.Fatalf("%s: Set error %v, want %v", desc, err, want)
+				}
+				if err != nil {
+					break
+				}
+				gotCAS(desc, newCAS)
+				switch {
+				case mode == ModeAppend:
+					cur.value = append(bytes.Clone(cur.value), value...)
+					cur.cas = newCAS
+				case mode == ModePrepend:
+					cur.value = append(bytes.Clone(value), cur.value...)
+					cur.cas = newCAS
+				case exp != 0 && exp <= now:
+					delete(model, string(key))
+				default:
+					model[string(key)] = &modelItem{bytes.Clone(value), flags, 1, exp, newCAS}
+				}
+			case 5: // delete
+				var want error
+				switch {
+				case cur == nil:
+					want = ErrNotFound
+				case cas != 0 && cas != cur.cas:
+					want = ErrExists
+				}
+				if err := s.Delete(key, cas); !errors.Is(err, want) {
+					t.Fatalf("%s: Delete error %v, want %v", desc, err, want)
+				}
+				if want == nil {
+					delete(model, string(key))
+				}
+			case 6, 7: // incr, decr
+				incr := op%12 == 6
+				delta := [8]uint64{0, 1, 2, 7, 100, 1 << 63, 1<<64 - 1, 1<<64 - 2}[a1&7]
+				initial := [4]uint64{0, 5, 1<<64 - 1, 42}[a1>>3&3]
+				create := a1&0x20 != 0
+				var want error
+				var wantValue uint64
+				switch {
+				case cur == nil && (!create || cas != 0):
+					want = ErrNotFound
+				case cur == nil:
+					wantValue = initial
+				case cas != 0 && cas != cur.cas:
+					want = ErrExists
+				default:
+					old, err := strconv.ParseUint(string(cur.value), 10, 64)
+					switch {
+					case err != nil || len(cur.value) > 20:
+						want = ErrNonNumeric
+					case incr:
+						wantValue = old + delta
+					case old > delta:
+						wantValue = old - delta
+					}
+				}
+				v, newCAS, err := s.Arith(key, incr, delta, initial, exp, create, cas)
+				if !errors.Is(err, want) || v != wantValue {
+					t.Fatalf("%s delta %d initial %d create %v: Arith = %d, %v; want %d, %v", desc, delta, initial, create, v, err, wantValue, want)
+				}
+				if err != nil {
+					break
+				}
+				gotCAS(desc, newCAS)
+				switch {
+				case cur != nil:
+					cur.value = strconv.AppendUint(nil, v, 10)
+					cur.cas = newCAS
+				case exp == 0 || exp > now:
+					model[string(key)] = &modelItem{strconv.AppendUint(nil, v, 10), 0, 0, exp, newCAS}
+				}
+			case 8: // touch
+				m, ok := s.Touch(key, exp)
+				if ok != (cur != nil) {
+					t.Fatalf("%s: Touch found %v, model has %v", desc, ok, cur != nil)
+				}
+				if ok {
+					cur.exp = exp
+					checkMeta(t, desc, m, cur)
+					if exp != 0 && exp <= now {
+						delete(model, string(key))
+					}
+				}
+			case 9, 10: // get, get and touch
+				var got []byte
+				var m Meta
+				var ok bool
+				if op%12 == 9 {
+					got, m, ok = s.Get(key, []byte("prefix"))
+				} else {
+					got, m, ok = s.GetAndTouch(key, exp, []byte("prefix"))
+				}
+				if ok != (cur != nil) {
+					t.Fatalf("%s: found %v, model has %v", desc, ok, cur != nil)
+				}
+				if !ok {
+					break
+				}
+				if op%12 == 10 {
+					cur.exp = exp
+				}
+				if want := append([]byte("prefix"), cur.value...); !bytes.Equal(got, want) {
+					t.Fatalf("%s: got %q, want %q", desc, got, want)
+				}
+				checkMeta(t, desc, m, cur)
+				if exp := cur.exp; exp != 0 && exp <= now {
+					delete(model, string(key))
+				}
+			case 11: // flush
+				s.Flush(now)
+				clear(model)
+			}
+		}
+		checkInvariants(t, s)
+		// Reading every key also reclaims items touched into the past.
+		for k := range byte(numKeys) {
+			key := []byte{'k', '0' + k}
+			it := model[string(key)]
+			got, m, ok := s.Get(key, nil)
+			if ok != (it != nil) {
+				t.Fatalf("final: %s found %v, model has %v", key, ok, it != nil)
+			}
+			if ok {
+				if !bytes.Equal(got, it.value) {
+					t.Fatalf("final: %s = %q, want %q", key, got, it.value)
+				}
+				checkMeta(t, "final "+string(key), m, it)
+			}
+		}
+		if st := s.Stats(); st.CurrItems != uint64(len(model)) || st.Evictions != 0 {
+			t.Fatalf("final stats %+v, model holds %d items", st, len(model))
+		}
+	})
+}
+
+func checkMeta(t *testing.T, desc string, m Meta, it *modelItem) {
+	t.Helper()
+	want := Meta{Flags: it.flags, DataType: it.dataType, Exp: it.exp, CAS: it.cas}
+	if m != want {
+		t.Fatalf("%s: meta %+v, want %+v", desc, m, want)
+	}
+}
