@@ -107,7 +107,10 @@ func (o Opcode) String() string {
 	return "UNKNOWN"
 }
 
-// quietOf maps each quiet opcode to its loud form; zero entries are not quiet.
+// Known reports whether o is an opcode this package names.
+func (o Opcode) Known() bool { return opNames[o] != "" }
+
+// loudOf maps each quiet opcode to its loud form; zero entries are not quiet.
 var loudOf = [256]Opcode{
 	OpGetQ: OpGet, OpGetKQ: OpGetK, OpSetQ: OpSet, OpAddQ: OpAdd, OpReplaceQ: OpReplace,
 	OpDeleteQ: OpDelete, OpIncrementQ: OpIncrement, OpDecrementQ: OpDecrement,
