@@ -1,0 +1,194 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+
+	"vbcache/protocol"
+)
+
+const (
+	// initialBuf is the size of a connection's read and write buffers; both
+	// grow for large frames and shrink back once those are done.
+	initialBuf = 8 << 10
+	// flushAt is the output size at which responses are written before the
+	// rest of a batch is handled, so a long pipeline of large GETs does not
+	// hold them all in memory.
+	flushAt = 256 << 10
+	// keepBuf is the largest buffer a connection keeps between batches.
+	keepBuf = 64 << 10
+)
+
+// conn is one client connection. All its fields but stats belong to the
+// connection's goroutine.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+
+	rbuf []byte // rbuf[r:w] holds bytes read but not yet handled
+	r, w int
+	// skip counts body bytes of a refused oversized frame still to discard.
+	skip uint64
+	wbuf []byte
+
+	authed bool
+	// stats are this connection's request counters, read by STAT from other
+	// goroutines, hence atomic.
+	stats counters
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv:    s,
+		nc:     nc,
+		rbuf:   make([]byte, initialBuf),
+		wbuf:   make([]byte, 0, initialBuf),
+		authed: len(s.cfg.Users) == 0,
+	}
+}
+
+// serve runs the connection until the client leaves, sends something that is
+// not the binary protocol, or the server shuts down.
+func (c *conn) serve() {
+	defer c.srv.removeConn(c)
+	defer c.nc.Close()
+	log := c.srv.log
+	for {
+		if quit := c.handleBuffered(); quit {
+			c.flush()
+			return
+		}
+		if err := c.flush(); err != nil {
+			log.Debug("write failed", "peer", c.nc.RemoteAddr(), "err", err)
+			return
+		}
+		if c.srv.closing.Load() {
+			return
+		}
+		c.makeRoom()
+		n, err := c.nc.Read(c.rbuf[c.w:])
+		c.w += n
+		c.stats[cBytesRead].Add(uint64(n))
+		if err != nil {
+			if n > 0 {
+				continue // handle what arrived with the error first
+			}
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
+				log.Debug("read failed", "peer", c.nc.RemoteAddr(), "err", err)
+			}
+			return
+		}
+	}
+}
+
+// handleBuffered handles every complete frame in the read buffer, appending
+// responses to wbuf. It reports whether the connection must close.
+func (c *conn) handleBuffered() (quit bool) {
+	for {
+		if c.skip > 0 {
+			n := min(c.skip, uint64(c.w-c.r))
+			c.r += int(n)
+			c.skip -= n
+			if c.skip > 0 {
+				return false
+			}
+		}
+		req, n, err := protocol.Parse(c.rbuf[c.r:c.w], protocol.MagicRequest, c.srv.maxBody)
+		switch err {
+		case nil:
+			c.r += n
+			if c.handle(&req) {
+				return true
+			}
+		case protocol.ErrIncomplete:
+			return false
+		case protocol.ErrTooLarge:
+			if !c.refuseTooLarge(&req) {
+				return false // wait for the key to arrive
+			}
+		case protocol.ErrBadLengths:
+			c.wbuf = protocol.AppendError(c.wbuf, req.Opcode, protocol.StatusInvalidArgs, req.Opaque)
+			return true
+		default: // protocol.ErrBadMagic: not our protocol; nothing to answer.
+			return true
+		}
+		if len(c.wbuf) >= flushAt {
+			if c.flush() != nil {
+				return true
+			}
+		}
+	}
+}
+
+// refuseTooLarge answers a frame whose declared body exceeds the limit and
+// arranges for its body to be skipped unbuffered. Like memcached, a refused
+// SET also deletes the key's old value, so a reader cannot see stale data
+// after a write that failed; for that it needs the key to have arrived
+// first; it reports false while it waits.
+func (c *conn) refuseTooLarge(req *protocol.Request) bool {
+	if req.Opcode.Loud() == protocol.OpSet && req.KeyLen <= protocol.MaxKeyLen {
+		keyAt := protocol.HeaderLen + int(req.ExtrasLen)
+		if c.w-c.r < keyAt+int(req.KeyLen) {
+			return false
+		}
+		c.srv.cfg.Store.Delete(c.rbuf[c.r+keyAt:c.r+keyAt+int(req.KeyLen)], 0)
+	}
+	c.wbuf = protocol.AppendError(c.wbuf, req.Opcode, protocol.StatusValueTooLarge, req.Opaque)
+	c.r += protocol.HeaderLen
+	c.skip = uint64(req.BodyLen)
+	return true
+}
+
+// makeRoom prepares rbuf for the next Read: it moves a partial frame to the
+// front and grows the buffer if that frame is larger than it. Growth doubles
+// at most, so a client that declares a large body and stops sending costs
+// only what it sent.
+func (c *conn) makeRoom() {
+	if c.r == c.w {
+		c.r, c.w = 0, 0
+		if len(c.rbuf) > keepBuf {
+			c.rbuf = make([]byte, initialBuf)
+		}
+		return
+	}
+	pending := c.rbuf[c.r:c.w]
+	need := len(pending) + 1
+	if c.skip == 0 && len(pending) >= protocol.HeaderLen {
+		h := protocol.ParseHeader(pending)
+		if h.BodyLen > c.srv.maxBody {
+			// A refused frame waiting for its key: see refuseTooLarge.
+			need = protocol.HeaderLen + int(h.ExtrasLen) + int(h.KeyLen)
+		} else {
+			need = protocol.HeaderLen + int(h.BodyLen)
+		}
+	}
+	if need > len(c.rbuf) {
+		size := min(need, max(2*len(c.rbuf), len(pending)+initialBuf))
+		nb := make([]byte, size)
+		c.w = copy(nb, pending)
+		c.r = 0
+		c.rbuf = nb
+		return
+	}
+	if c.r > 0 && len(c.rbuf)-c.w < need-len(pending) || c.w == len(c.rbuf) {
+		c.w = copy(c.rbuf, pending)
+		c.r = 0
+	}
+}
+
+// flush writes the pending responses.
+func (c *conn) flush() error {
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	n, err := c.nc.Write(c.wbuf)
+	c.stats[cBytesWritten].Add(uint64(n))
+	if cap(c.wbuf) > keepBuf {
+		c.wbuf = make([]byte, 0, initialBuf)
+	} else {
+		c.wbuf = c.wbuf[:0]
+	}
+	return err
+}

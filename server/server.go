@@ -1,0 +1,304 @@
+// Package server is the memcached binary protocol listener and dispatcher.
+//
+// Each accepted connection is served by one goroutine that reads everything
+// the client has sent, handles every complete request in it in order, and
+// writes all the responses with a single flush (tidwall/redcon and
+// net/http's Server are the models). Quiet commands answer only on error and
+// every response echoes its request's opaque.
+//
+// Invariants:
+//   - A connection's buffers grow only with the bytes a client has actually
+//     sent, up to one frame of at most MaxItemSize plus header room; a larger
+//     declared body is answered with StatusValueTooLarge and skipped without
+//     being buffered.
+//   - Responses leave in request order.
+//   - Shutdown stops accepting, lets every connection finish the requests it
+//     has already read, flushes their responses and then closes it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"vbcache/store"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("server: closed")
+
+// Config configures a Server. The zero value of every field but Store is
+// usable.
+type Config struct {
+	// Store holds the items. Required.
+	Store *store.Store
+	// MaxItemSize is the largest key plus value accepted; default 1 MiB. It
+	// should equal the store's MaxItemSize.
+	MaxItemSize int
+	// MaxConns is the most client connections served at once; one more is
+	// accepted and closed at once. Default 4096.
+	MaxConns int
+	// Users maps SASL PLAIN user names to passwords. When it is non-empty,
+	// every command but NOOP, VERSION and the SASL ones answers
+	// StatusAuthError until the connection authenticates.
+	Users map[string]string
+	// Version is what VERSION and STAT version report; default "1.6.0-vbcache".
+	Version string
+	// Logger receives connection-level events at Debug and errors at Warn;
+	// default slog.Default(). Nothing is logged per request above Debug.
+	Logger *slog.Logger
+	// Now returns the current Unix time in seconds, used to turn relative
+	// expirations into absolute ones. It must agree with the store's clock;
+	// default time.Now().Unix.
+	Now func() int64
+}
+
+const (
+	defaultMaxItemSize = 1 << 20
+	defaultMaxConns    = 4096
+	defaultVersion     = "1.6.0-vbcache"
+	// headerRoom is what a frame may carry beyond MaxItemSize: the header's
+	// extras (at most 255 bytes) and a key (at most 250).
+	headerRoom = 512
+)
+
+// Server serves the memcached binary protocol. Its methods are safe for
+// concurrent use.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	start   time.Time
+	maxBody uint32
+
+	closing atomic.Bool
+
+	mu        sync.Mutex // guards listeners, conns and closed
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closed    counters // counters of connections that have ended
+	connWG    sync.WaitGroup
+
+	currConns     atomic.Int64
+	totalConns    atomic.Uint64
+	rejectedConns atomic.Uint64
+}
+
+// New validates cfg, fills in its defaults and returns a Server that serves
+// nothing until Serve is called.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("server: Config.Store is required")
+	}
+	if cfg.MaxItemSize == 0 {
+		cfg.MaxItemSize = defaultMaxItemSize
+	}
+	if cfg.MaxItemSize < 0 || cfg.MaxItemSize > 1<<30 {
+		return nil, fmt.Errorf("server: MaxItemSize %d out of range (1 B to 1 GiB)", cfg.MaxItemSize)
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = defaultMaxConns
+	}
+	if cfg.MaxConns < 0 {
+		return nil, fmt.Errorf("server: MaxConns %d is negative", cfg.MaxConns)
+	}
+	if cfg.Version == "" {
+		cfg.Version = defaultVersion
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = func() int64 { return time.Now().Unix() }
+	}
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		start:     time.Now(),
+		maxBody:   uint32(cfg.MaxItemSize + headerRoom),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+	}, nil
+}
+
+// Serve accepts connections on l and serves each in its own goroutine. It
+// blocks until l fails or the server shuts down, and then returns
+// ErrServerClosed (after Shutdown) or the accept error. Serve closes l.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			if isTemporary(err) {
+				// Out of file descriptors and the like: back off as
+				// net/http does rather than spin.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "delay", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.totalConns.Add(1)
+		if s.currConns.Load() >= int64(s.cfg.MaxConns) {
+			s.rejectedConns.Add(1)
+			s.log.Debug("connection refused: max-conns reached", "peer", nc.RemoteAddr())
+			nc.Close()
+			continue
+		}
+		if !s.startConn(nc) {
+			return ErrServerClosed
+		}
+	}
+}
+
+// startConn registers nc and serves it in a new goroutine. It reports false,
+// having closed nc, if the server is shutting down.
+func (s *Server) startConn(nc net.Conn) bool {
+	c := newConn(s, nc)
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		nc.Close()
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.connWG.Add(1)
+	s.mu.Unlock()
+	s.currConns.Add(1)
+	go c.serve()
+	return true
+}
+
+// isTemporary reports accept errors worth retrying (EMFILE, ENFILE,
+// ECONNABORTED...).
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// ListenAndServe listens on the TCP address addr and calls Serve.
+func (s *Server) ListenAndServe(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(l)
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, lets every
+// connection finish the requests it has read and flush their responses, and
+// waits for the connections to end. If ctx ends first, the remaining
+// connections are closed and ctx's error is returned. Safe to call twice.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.connWG.Wait(); close(done) }()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// Wake connections blocked in Read; a connection that is handling a
+		// batch finishes it and sees closing before its next Read. Repeat
+		// because a connection may re-arm its own deadline.
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.SetReadDeadline(time.Now())
+		}
+		s.mu.Unlock()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// Close closes the listeners and every connection at once, dropping
+// in-flight requests. Safe to call twice.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// removeConn is called by a connection's goroutine as it ends.
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.closed.addFrom(&c.stats)
+	s.mu.Unlock()
+	s.currConns.Add(-1)
+	s.connWG.Done()
+}
+
+// snapshot sums the counters of every connection, live or ended.
+func (s *Server) snapshot() (sum [numCounters]uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range sum {
+		sum[i] = s.closed[i].Load()
+	}
+	for c := range s.conns {
+		for i := range sum {
+			sum[i] += c.stats[i].Load()
+		}
+	}
+	return sum
+}
+
+// resetStats zeroes the request counters, as "stats reset" does.
+func (s *Server) resetStats() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.closed {
+		s.closed[i].Store(0)
+	}
+	for c := range s.conns {
+		for i := range c.stats {
+			c.stats[i].Store(0)
+		}
+	}
+}
+
+// numGoroutinesHint is reported as "threads" in STAT.
+func numGoroutinesHint() int { return runtime.GOMAXPROCS(0) }
