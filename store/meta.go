@@ -1,0 +1,137 @@
+package store
+
+import "unsafe"
+
+// Operations for copying items between nodes (replication and vbucket
+// moves). An item copied keeps its CAS, flags, data type and absolute
+// expiration. Receivers apply "newest wins" by CAS: a copy never replaces
+// an item with a CAS at or above its own. Every CAS a store applies raises
+// its own counter to at least that value, so a node that takes over a
+// vbucket hands out CAS values above every one it has received.
+
+// SetWithMeta stores key = value with meta m (including its CAS) unless the
+// store holds the key with a CAS at or above m.CAS. It reports whether it
+// stored. An expiration in the past removes an older item instead. Errors
+// are those of Set: ErrTooLarge, ErrNoMemory.
+func (s *Store) SetWithMeta(key, value []byte, m Meta) (bool, error) {
+	if err := s.checkSize(len(key) + len(value)); err != nil {
+		return false, err
+	}
+	now := s.now()
+	s.applyDueFlush()
+	s.raiseCAS(m.CAS)
+	sh, idx := s.shardFor(key)
+	sh.mu.Lock()
+	e := s.lookup(sh, key, now)
+	if e != nil && e.cas >= m.CAS {
+		sh.mu.Unlock()
+		return false, nil
+	}
+	if m.Exp != 0 && m.Exp <= now {
+		if e != nil {
+			s.remove(sh, e)
+		}
+		sh.mu.Unlock()
+		return true, nil
+	}
+	sh.stats.totalItems++
+	over := s.put(sh, e, key, value, nil, m, now)
+	sh.mu.Unlock()
+	if over {
+		s.evictOthers(idx, now)
+	}
+	return true, nil
+}
+
+// DeleteWithMeta removes key if the store holds it with a CAS below cas
+// (the CAS of the deletion on the node that made it). It reports whether
+// it removed anything.
+func (s *Store) DeleteWithMeta(key []byte, cas uint64) bool {
+	now := s.now()
+	s.applyDueFlush()
+	s.raiseCAS(cas)
+	sh, _ := s.shardFor(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := s.lookup(sh, key, now)
+	if e == nil || e.cas >= cas {
+		return false
+	}
+	s.remove(sh, e)
+	return true
+}
+
+// NextCAS takes a fresh CAS from the store's counter, for a mutation that
+// stores nothing (a deletion that must be ordered against later copies).
+func (s *Store) NextCAS() uint64 { return s.cas.Add(1) }
+
+// raiseCAS lifts the CAS counter to at least cas.
+func (s *Store) raiseCAS(cas uint64) {
+	for {
+		cur := s.cas.Load()
+		if cur >= cas || s.cas.CompareAndSwap(cur, cas) {
+			return
+		}
+	}
+}
+
+// Keys calls fn with a copy of every live key for which match reports true,
+// shard by shard; fn may use the store (each shard's read lock is released
+// before fn runs for its keys). It stops early if fn returns false.
+// Keys stored or removed during the walk may or may not be seen.
+func (s *Store) Keys(match func(key []byte) bool, fn func(key []byte) bool) {
+	var keys [][]byte
+	for i := range s.shards {
+		sh := &s.shards[i]
+		now := s.now()
+		keys = keys[:0]
+		sh.mu.RLock()
+		for k, e := range sh.items {
+			if !dead(e, now) && match(view(k)) {
+				keys = append(keys, []byte(k))
+			}
+		}
+		sh.mu.RUnlock()
+		for _, k := range keys {
+			if !fn(k) {
+				return
+			}
+		}
+	}
+}
+
+// GetWithMeta appends key's value to dst like Get, without marking the
+// item as read (a copy for another node is not a client's fetch).
+func (s *Store) GetWithMeta(key, dst []byte) ([]byte, Meta, bool) {
+	now := s.now()
+	sh, _ := s.shardFor(key)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	e := sh.items[string(key)]
+	if e == nil || dead(e, now) {
+		return dst, Meta{}, false
+	}
+	return append(dst, e.value()...), e.meta(), true
+}
+
+// DeleteWhere removes every item whose key match reports true and returns
+// how many it removed. It takes each shard's write lock in turn.
+func (s *Store) DeleteWhere(match func(key []byte) bool) int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.items {
+			if match(view(k)) {
+				s.remove(sh, e)
+				n++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// view returns the bytes of k without copying; the caller must not modify
+// or keep them.
+func view(k string) []byte { return unsafe.Slice(unsafe.StringData(k), len(k)) }

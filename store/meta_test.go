@@ -1,0 +1,82 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"testing"
+)
+
+func TestSetWithMetaNewestWins(t *testing.T) {
+	s, _ := newTestStore(t, Config{})
+	k := []byte("k")
+	tests := []struct {
+		name    string
+		value   string
+		cas     uint64
+		applied bool
+		want    string
+	}{
+		{"absent key", "v10", 10, true, "v10"},
+		{"older copy", "v5", 5, false, "v10"},
+		{"same CAS", "again", 10, false, "v10"},
+		{"newer copy", "v20", 20, true, "v20"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ok, err := s.SetWithMeta(k, []byte(tt.value), Meta{Flags: 7, DataType: 1, CAS: tt.cas})
+			if err != nil || ok != tt.applied {
+				t.Fatalf("SetWithMeta = %v, %v; want %v", ok, err, tt.applied)
+			}
+			v, m, hit := s.Get(k, nil)
+			if !hit || string(v) != tt.want || m.Flags != 7 || m.DataType != 1 {
+				t.Fatalf("Get = %q %+v %v; want %q", v, m, hit, tt.want)
+			}
+		})
+	}
+	// The counter is above every CAS applied: a local write wins over them.
+	cas, err := s.Set(ModeSet, k, []byte("local"), 0, 0, 0, 0)
+	if err != nil || cas <= 20 {
+		t.Fatalf("local Set CAS %d (%v), want above 20", cas, err)
+	}
+	if s.DeleteWithMeta(k, cas) {
+		t.Fatal("a deletion with the item's own CAS removed it")
+	}
+	if !s.DeleteWithMeta(k, cas+1) {
+		t.Fatal("a newer deletion did not remove the item")
+	}
+	if _, _, hit := s.Get(k, nil); hit {
+		t.Fatal("item survived its deletion")
+	}
+}
+
+func TestKeysAndDeleteWhere(t *testing.T) {
+	s, _ := newTestStore(t, Config{Shards: 4})
+	for i := range 100 {
+		s.Set(ModeSet, []byte(fmt.Sprintf("a%d", i)), []byte("x"), 0, 0, 0, 0)
+		s.Set(ModeSet, []byte(fmt.Sprintf("b%d", i)), []byte("y"), 0, 0, 0, 0)
+	}
+	isA := func(k []byte) bool { return k[0] == 'a' }
+	var got []string
+	s.Keys(isA, func(k []byte) bool {
+		got = append(got, string(k))
+		_, m, ok := s.GetWithMeta(k, nil) // fn may use the store
+		if !ok || m.CAS == 0 {
+			t.Errorf("GetWithMeta(%s) = %+v, %v", k, m, ok)
+		}
+		return true
+	})
+	if len(got) != 100 || slices.ContainsFunc(got, func(k string) bool { return k[0] != 'a' }) {
+		t.Fatalf("Keys returned %d keys: %v", len(got), got[:min(5, len(got))])
+	}
+	if n := s.DeleteWhere(isA); n != 100 {
+		t.Fatalf("DeleteWhere removed %d, want 100", n)
+	}
+	if st := s.Stats(); st.CurrItems != 100 {
+		t.Fatalf("%d items left, want 100", st.CurrItems)
+	}
+	checkInvariants(t, s)
+	if v, _, ok := s.Get([]byte("b1"), nil); !ok || !bytes.Equal(v, []byte("y")) {
+		t.Fatal("DeleteWhere removed a non-matching item")
+	}
+}
