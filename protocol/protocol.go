@@ -79,6 +79,8 @@ const (
 	OpGetVBucket       Opcode = 0x3e
 	OpDelVBucket       Opcode = 0x3f
 	OpSelectBucket     Opcode = 0x89
+	OpSetWithMeta      Opcode = 0xa2
+	OpDelWithMeta      Opcode = 0xa8
 	OpGetClusterConfig Opcode = 0xb5
 	OpGetErrorMap      Opcode = 0xfe
 )
@@ -94,8 +96,9 @@ var opNames = [256]string{
 	OpGATQ: "GATQ", OpHello: "HELLO", OpSASLListMechs: "SASL_LIST_MECHS",
 	OpSASLAuth: "SASL_AUTH", OpSASLStep: "SASL_STEP", OpGATK: "GATK", OpGATKQ: "GATKQ",
 	OpSetVBucket: "SET_VBUCKET", OpGetVBucket: "GET_VBUCKET", OpDelVBucket: "DEL_VBUCKET",
-	OpSelectBucket: "SELECT_BUCKET", OpGetClusterConfig: "GET_CLUSTER_CONFIG",
-	OpGetErrorMap: "GET_ERROR_MAP",
+	OpSelectBucket: "SELECT_BUCKET", OpSetWithMeta: "SET_WITH_META", OpDelWithMeta: "DEL_WITH_META",
+	OpGetClusterConfig: "GET_CLUSTER_CONFIG",
+	OpGetErrorMap:      "GET_ERROR_MAP",
 }
 
 // String returns the opcode's name, or "UNKNOWN" for opcodes this package

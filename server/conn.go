@@ -34,6 +34,14 @@ type conn struct {
 	wbuf []byte
 
 	authed bool
+	aware  bool // sent HELLO or a non-zero vbucket: trusts header vbuckets
+	peer   bool // another node: its requests are never forwarded again
+
+	// slots are the responses other nodes owe this batch, in order;
+	// spare is the buffer assemble swaps with wbuf.
+	slots []slot
+	spare []byte
+
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
 	stats counters
@@ -178,8 +186,10 @@ func (c *conn) makeRoom() {
 	}
 }
 
-// flush writes the pending responses.
+// flush writes the pending responses, first waiting for those other nodes
+// owe.
 func (c *conn) flush() error {
+	c.assemble()
 	if len(c.wbuf) == 0 {
 		return nil
 	}
@@ -189,6 +199,9 @@ func (c *conn) flush() error {
 		c.wbuf = make([]byte, 0, initialBuf)
 	} else {
 		c.wbuf = c.wbuf[:0]
+	}
+	if cap(c.spare) > keepBuf {
+		c.spare = nil
 	}
 	return err
 }

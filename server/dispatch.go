@@ -16,8 +16,9 @@ const maxRelativeExp = 60 * 60 * 24 * 30
 // arithNoCreate in an INCREMENT/DECREMENT expiration means "fail if missing".
 const arithNoCreate = 0xffffffff
 
-// handle executes one request, appending its response (if any) to wbuf. It
-// reports whether the connection must close afterwards.
+// handle serves one request, appending its response (if any) to wbuf or,
+// when another node serves it, leaving a slot for the response. It reports
+// whether the connection must close afterwards.
 func (c *conn) handle(req *protocol.Request) (quit bool) {
 	op := req.Opcode
 	if !op.Known() {
@@ -32,7 +33,28 @@ func (c *conn) handle(req *protocol.Request) (quit bool) {
 		c.fail(req, protocol.StatusInvalidArgs)
 		return false
 	}
-	switch op.Loud() {
+	if c.srv.cfg.Cluster != nil {
+		switch {
+		case keyed(op):
+			done, rt, vb := c.route(req)
+			if done {
+				return false
+			}
+			if mutates(op) && len(rt.targets[vb]) > 0 {
+				c.replicate(req, rt, vb)
+				return false
+			}
+		case op.Loud() == protocol.OpFlush && !c.peer:
+			c.flushCluster(req)
+			return false
+		}
+	}
+	return c.execute(req)
+}
+
+// execute serves a well-formed, authorised request on this node.
+func (c *conn) execute(req *protocol.Request) (quit bool) {
+	switch req.Opcode.Loud() {
 	case protocol.OpGet, protocol.OpGetK, protocol.OpGAT, protocol.OpGATK:
 		c.get(req)
 	case protocol.OpTouch:
@@ -52,7 +74,8 @@ func (c *conn) handle(req *protocol.Request) (quit bool) {
 	case protocol.OpIncrement, protocol.OpDecrement:
 		c.arith(req)
 	case protocol.OpFlush:
-		c.flushAll(req)
+		c.flushLocal(req)
+		c.ok(req, 0)
 	case protocol.OpNoop, protocol.OpVerbosity:
 		c.ok(req, 0)
 	case protocol.OpVersion:
@@ -66,9 +89,38 @@ func (c *conn) handle(req *protocol.Request) (quit bool) {
 		c.reply(req, protocol.StatusOK, 0, nil, nil, []byte("PLAIN"))
 	case protocol.OpSASLAuth:
 		c.saslAuth(req)
+	case protocol.OpHello:
+		c.hello(req)
+	case protocol.OpGetErrorMap:
+		c.replyJSON(req, errorMap)
+	case protocol.OpSelectBucket:
+		if string(req.Key) != bucketName {
+			c.fail(req, protocol.StatusNoBucket)
+			return false
+		}
+		c.ok(req, 0)
+	case protocol.OpGetClusterConfig:
+		var config []byte
+		if rt := c.srv.router.get(); rt != nil {
+			config = rt.config
+		}
+		c.replyJSON(req, config)
+	case protocol.OpGetVBucket:
+		rt := c.srv.router.get()
+		if rt == nil {
+			c.fail(req, protocol.StatusTempFailure)
+			return false
+		}
+		var v [4]byte
+		binary.BigEndian.PutUint32(v[:], rt.vbState(req.VBucket))
+		c.reply(req, protocol.StatusOK, 0, nil, nil, v[:])
+	case protocol.OpSetVBucket:
+		// vbucket states follow the cluster map, not commands.
+		c.fail(req, protocol.StatusNotSupported)
+	case protocol.OpSetWithMeta, protocol.OpDelWithMeta, protocol.OpDelVBucket:
+		c.applyCopy(req)
 	default:
-		// Known to the codec but not served by this node (SASL_STEP, the
-		// vbucket and cluster commands).
+		// Known to the codec but not served by this node (SASL_STEP).
 		c.fail(req, protocol.StatusUnknownCommand)
 	}
 	return false
@@ -77,7 +129,8 @@ func (c *conn) handle(req *protocol.Request) (quit bool) {
 // allowedBeforeAuth lists the commands an unauthenticated connection may use.
 func allowedBeforeAuth(op protocol.Opcode) bool {
 	switch op {
-	case protocol.OpNoop, protocol.OpVersion, protocol.OpSASLListMechs, protocol.OpSASLAuth, protocol.OpSASLStep:
+	case protocol.OpNoop, protocol.OpVersion, protocol.OpSASLListMechs, protocol.OpSASLAuth, protocol.OpSASLStep,
+		protocol.OpHello, protocol.OpGetErrorMap:
 		return true
 	}
 	return false
@@ -109,8 +162,14 @@ func wellFormed(req *protocol.Request) bool {
 		return ext == 4 && key == 0 && val == 0
 	case protocol.OpStat:
 		return ext == 0 && val == 0
-	case protocol.OpSASLAuth, protocol.OpSASLStep:
+	case protocol.OpSASLAuth, protocol.OpSASLStep, protocol.OpSelectBucket:
 		return ext == 0 && key > 0
+	case protocol.OpHello:
+		return ext == 0 && val%2 == 0
+	case protocol.OpGetErrorMap:
+		return ext == 0 && key == 0 && val == 2
+	case protocol.OpGetClusterConfig, protocol.OpGetVBucket:
+		return key == 0 && val == 0
 	}
 	return true
 }
@@ -294,8 +353,9 @@ func (c *conn) arith(req *protocol.Request) {
 	c.reply(req, protocol.StatusOK, cas, nil, nil, val[:])
 }
 
-// flushAll serves FLUSH and FLUSHQ with an optional delay.
-func (c *conn) flushAll(req *protocol.Request) {
+// flushLocal flushes this node's store for FLUSH or FLUSHQ, with an
+// optional delay; the caller answers.
+func (c *conn) flushLocal(req *protocol.Request) {
 	c.stats[cCmdFlush].Add(1)
 	at := c.srv.cfg.Now()
 	if len(req.Extras) == 4 {
@@ -304,7 +364,6 @@ func (c *conn) flushAll(req *protocol.Request) {
 		}
 	}
 	c.srv.cfg.Store.Flush(at)
-	c.ok(req, 0)
 }
 
 // saslAuth serves SASL_AUTH with the PLAIN mechanism: a value of

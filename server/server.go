@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"vbcache/store"
+	"vbcache/vbucket"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -53,6 +54,21 @@ type Config struct {
 	// Logger receives connection-level events at Debug and errors at Warn;
 	// default slog.Default(). Nothing is logged per request above Debug.
 	Logger *slog.Logger
+	// Cluster, when set, makes this a cluster node: keyed requests for
+	// vbuckets other nodes hold are forwarded (legacy clients) or answered
+	// NOT_MY_VBUCKET (vbucket-aware clients), and FLUSH applies to every
+	// node. nil: single-node mode, where this node holds every vbucket and
+	// ignores header vbuckets.
+	Cluster Cluster
+	// VBuckets is the number of vbuckets, default 1024: the cluster's, or
+	// that of the one-node map a single node reports to GET_CLUSTER_CONFIG.
+	VBuckets int
+	// AsyncReplication acknowledges a client's write before its copies
+	// reach the replicas; by default (false) the client waits for them.
+	AsyncReplication bool
+	// PeerAuth, if set, are the SASL PLAIN credentials this node presents
+	// to the other nodes it forwards to; needed when they require auth.
+	PeerAuth *PeerAuth
 	// Now returns the current Unix time in seconds, used to turn relative
 	// expirations into absolute ones. It must agree with the store's clock;
 	// default time.Now().Unix.
@@ -75,6 +91,14 @@ type Server struct {
 	log     *slog.Logger
 	start   time.Time
 	maxBody uint32
+	router  *router
+	peers   *peers
+	repl    *replicator // nil in single-node mode
+
+	stats struct{ backfillItems, backfillBytes, replErrors atomic.Uint64 }
+
+	stopRepl context.CancelFunc
+	replDone sync.WaitGroup
 
 	closing atomic.Bool
 
@@ -116,14 +140,39 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = func() int64 { return time.Now().Unix() }
 	}
-	return &Server{
+	if cfg.VBuckets == 0 {
+		cfg.VBuckets = vbucket.DefaultVBuckets
+	}
+	if err := vbucket.CheckCount(cfg.VBuckets); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s := &Server{
+		router:    &router{cluster: cfg.Cluster, n: cfg.VBuckets},
+		peers:     newPeers(cfg.PeerAuth, cfg.Logger),
 		cfg:       cfg,
 		log:       cfg.Logger,
 		start:     time.Now(),
 		maxBody:   uint32(cfg.MaxItemSize + headerRoom),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
-	}, nil
+	}
+	if cfg.Cluster != nil {
+		s.repl = newReplicator(s, cfg.VBuckets, !cfg.AsyncReplication)
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopRepl = cancel
+		s.replDone.Go(func() { s.repl.run(ctx, cfg.Cluster) })
+	}
+	return s, nil
+}
+
+// stopStreams stops the backfill goroutine and closes the peer
+// connections.
+func (s *Server) stopStreams() {
+	if s.stopRepl != nil {
+		s.stopRepl()
+		s.replDone.Wait()
+	}
+	s.peers.close()
 }
 
 // Serve accepts connections on l and serves each in its own goroutine. It
@@ -138,6 +187,9 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
+	if _, port, err := net.SplitHostPort(l.Addr().String()); err == nil {
+		s.router.setPort(port)
+	}
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, l)
@@ -237,6 +289,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		select {
 		case <-done:
+			s.stopStreams()
 			return nil
 		case <-ctx.Done():
 			s.Close()
@@ -258,6 +311,7 @@ func (s *Server) Close() error {
 		c.nc.Close()
 	}
 	s.mu.Unlock()
+	s.stopStreams()
 	return nil
 }
 

@@ -711,3 +711,46 @@ func BenchmarkDispatch(b *testing.B) {
 		})
 	}
 }
+
+// TestTranslate pins what a forwarded response becomes for the client: the
+// client's opcode and opaque, and nothing where the quiet form is silent.
+func TestTranslate(t *testing.T) {
+	resp := func(op protocol.Opcode, st protocol.Status) []byte {
+		return protocol.AppendHeader(nil, protocol.MagicResponse, op, 0, 0, 0, uint16(st), 0, 99, 5)
+	}
+	for _, tt := range []struct {
+		name   string
+		client protocol.Opcode
+		st     protocol.Status
+		sent   bool
+	}{
+		{"GETKQ hit", protocol.OpGetKQ, protocol.StatusOK, true},
+		{"GETKQ miss", protocol.OpGetKQ, protocol.StatusKeyNotFound, false},
+		{"GETQ miss", protocol.OpGetQ, protocol.StatusKeyNotFound, false},
+		{"GATQ miss", protocol.OpGATQ, protocol.StatusKeyNotFound, false},
+		{"GET miss", protocol.OpGet, protocol.StatusKeyNotFound, true},
+		{"SETQ ok", protocol.OpSetQ, protocol.StatusOK, false},
+		{"SETQ exists", protocol.OpSetQ, protocol.StatusKeyExists, true},
+		{"DELETEQ miss", protocol.OpDeleteQ, protocol.StatusKeyNotFound, true},
+		{"INCREMENTQ ok", protocol.OpIncrementQ, protocol.StatusOK, false},
+		{"SET ok", protocol.OpSet, protocol.StatusOK, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := protocol.Request{Header: protocol.Header{Opcode: tt.client, Opaque: 7}}
+			out := translate([]byte("prefix"), resp(tt.client.Loud(), tt.st), &req)
+			if !bytes.HasPrefix(out, []byte("prefix")) {
+				t.Fatal("earlier output lost")
+			}
+			out = out[len("prefix"):]
+			if sent := len(out) > 0; sent != tt.sent {
+				t.Fatalf("sent = %v, want %v", sent, tt.sent)
+			}
+			if tt.sent {
+				h := protocol.ParseHeader(out)
+				if h.Opcode != tt.client || h.Opaque != 7 || h.Status() != tt.st || h.CAS != 5 {
+					t.Fatalf("response %+v: want opcode %s, opaque 7, status %d, CAS kept", h, tt.client, tt.st)
+				}
+			}
+		})
+	}
+}

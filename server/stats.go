@@ -35,6 +35,8 @@ const (
 	cAuthErrors
 	cBytesRead
 	cBytesWritten
+	cForwarded
+	cNotMyVBucket
 	numCounters
 )
 
@@ -43,7 +45,7 @@ var counterNames = [numCounters]string{
 	"cmd_get", "get_hits", "get_misses", "cmd_set", "cmd_flush", "cmd_touch", "touch_hits",
 	"touch_misses", "delete_hits", "delete_misses", "incr_hits", "incr_misses", "decr_hits",
 	"decr_misses", "cas_hits", "cas_misses", "cas_badval", "auth_cmds", "auth_errors",
-	"bytes_read", "bytes_written",
+	"bytes_read", "bytes_written", "forwarded", "not_my_vbucket",
 }
 
 // counters are kept per connection, each written only by its connection's

@@ -1,0 +1,173 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"vbcache/protocol"
+	"vbcache/vbucket"
+)
+
+// backfillRetry is how soon an unfinished backfill is tried again.
+const backfillRetry = 200 * time.Millisecond
+
+// run keeps the streams in step with the map until ctx ends: for each new
+// map it forgets streams the map no longer asks for, drops the copies of
+// vbuckets this node has just left the chain of, backfills new streams and
+// reports ready once all are backfilled.
+func (r *replicator) run(ctx context.Context, cl Cluster) {
+	var prev *routes
+	var doneRev int64
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithTimeout(ctx, backfillRetry)
+		cl.WaitMap(wctx, doneRev)
+		cancel()
+		rt := r.srv.router.get()
+		if rt == nil || rt.m.Rev == doneRev {
+			continue
+		}
+		if prev != nil && prev.m != rt.m {
+			r.dropLeft(prev, rt)
+		}
+		prev = rt
+		if r.backfill(ctx, rt) {
+			doneRev = rt.m.Rev
+			if rep, ok := cl.(readyReporter); ok {
+				rep.ReportReady(rt.m.Rev)
+			}
+			r.srv.log.Debug("streams backfilled", "rev", rt.m.Rev)
+		}
+	}
+}
+
+// inChain reports whether server i holds vb in m, in its row or its
+// forward row.
+func inChain(m *vbucket.Map, vb, i int) bool {
+	if i < 0 {
+		return false
+	}
+	for _, s := range m.VBuckets[vb] {
+		if s == i {
+			return true
+		}
+	}
+	if len(m.Forward) > 0 {
+		for _, s := range m.Forward[vb] {
+			if s == i {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// dropLeft deletes this node's copies of the vbuckets it held in prev and
+// no longer holds in rt, so moved data does not linger.
+func (r *replicator) dropLeft(prev, rt *routes) {
+	drop := make([]bool, rt.n)
+	any := false
+	for vb := range rt.n {
+		if inChain(prev.m, vb, prev.self) && !inChain(rt.m, vb, rt.self) {
+			drop[vb], any = true, true
+		}
+	}
+	if !any {
+		return
+	}
+	n := rt.n
+	removed := r.srv.cfg.Store.DeleteWhere(func(k []byte) bool { return drop[vbucket.VBucket(k, n)] })
+	r.srv.log.Debug("dropped copies of vbuckets that moved away", "rev", rt.m.Rev, "items", removed)
+}
+
+// backfill sends every stream of rt that is not yet backfilled the items
+// its vbucket holds, and reports whether all streams are backfilled.
+func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
+	want := map[streamKey]int{} // stream -> server index
+	for vb, ts := range rt.targets {
+		for _, t := range ts {
+			want[streamKey{uint16(vb), rt.m.Servers[t].Name}] = t
+		}
+	}
+	r.mu.Lock()
+	for k := range r.started {
+		if _, ok := want[k]; !ok {
+			delete(r.started, k)
+			delete(r.backfilled, k)
+		}
+	}
+	todo := map[uint16][]streamKey{}
+	for k := range want {
+		if !r.backfilled[k] {
+			todo[k.vb] = append(todo[k.vb], k)
+		}
+	}
+	r.mu.Unlock()
+	if len(todo) == 0 {
+		return true
+	}
+
+	// One pass over the store finds the keys of every vbucket to backfill.
+	n := rt.n
+	keys := map[uint16][][]byte{}
+	r.srv.cfg.Store.Keys(func(k []byte) bool {
+		_, ok := todo[vbucket.VBucket(k, n)]
+		return ok
+	}, func(k []byte) bool {
+		vb := vbucket.VBucket(k, n)
+		keys[vb] = append(keys[vb], k)
+		return ctx.Err() == nil
+	})
+
+	start := time.Now()
+	items, bytes := 0, 0
+	calls := map[streamKey][]*call{}
+	for vb, streams := range todo {
+		mu := &r.vbLocks[vb]
+		mu.Lock()
+		for _, k := range streams {
+			r.start(vb, k.name, rt.m.Servers[want[k]].KV)
+		}
+		for _, key := range keys[vb] {
+			if _, _, ok := r.srv.cfg.Store.GetWithMeta(key, nil); !ok {
+				continue
+			}
+			frame := r.copyFrame(key, vb)
+			items++
+			bytes += len(frame)
+			for _, k := range streams {
+				calls[k] = append(calls[k], r.srv.peers.send(rt.m.Servers[want[k]].KV, uint64(vb), frame, protocol.OpSetWithMeta))
+			}
+		}
+		mu.Unlock()
+		if ctx.Err() != nil {
+			return false
+		}
+	}
+	r.srv.stats.backfillItems.Add(uint64(items))
+	r.srv.stats.backfillBytes.Add(uint64(bytes))
+
+	done := true
+	for _, streams := range todo {
+		for _, k := range streams {
+			ok := true
+			for _, cl := range calls[k] {
+				if resp, err := wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
+					ok = false
+					break
+				}
+			}
+			r.mu.Lock()
+			if ok && r.started[k] {
+				r.backfilled[k] = true
+			} else {
+				// Start again with a reset next time.
+				delete(r.started, k)
+				done = false
+			}
+			r.mu.Unlock()
+		}
+	}
+	r.srv.log.Info("backfill finished", "rev", rt.m.Rev, "streams", len(want), "items", items, "bytes", bytes,
+		"took", time.Since(start).Round(time.Millisecond), "complete", done)
+	return done
+}

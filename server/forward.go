@@ -1,0 +1,276 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"time"
+
+	"vbcache/protocol"
+	"vbcache/vbucket"
+)
+
+// Routing in cluster mode. A keyed request for a vbucket this node holds
+// active is served here. Otherwise a vbucket-aware connection (it sent
+// HELLO, or a request with a non-zero vbucket) gets NOT_MY_VBUCKET with the
+// config, and a legacy one has its request forwarded to the owner.
+//
+// Forwarding keeps the client's view identical to one memcached's: each
+// forwarded request leaves a slot at its place in the output; the batch's
+// responses are written in request order once every slot is filled (see
+// assemble). Quiet requests are forwarded in their loud form and the
+// answers the quiet form would not send are dropped.
+
+var errForwardTimeout = errors.New("server: forwarded request timed out")
+
+const (
+	// forwardTimeout bounds the wait for one forwarded response.
+	forwardTimeout = 5 * time.Second
+	// forwardTries bounds how often a request the receiver disowned is
+	// routed again, each after waiting up to mapWait for a newer map.
+	forwardTries = 4
+	mapWait      = 500 * time.Millisecond
+)
+
+// slot is a response this connection owes its client that another node
+// produces. It goes out at wbuf[at], after the responses before it.
+type slot struct {
+	at    int
+	frame []byte // the client's request, copied, with the vbucket it was routed by
+	vb    uint16
+	rev   int64   // rev of the map the request was last routed by
+	call  *call   // the forwarded request
+	fan   []*call // FLUSH sent to every other node
+	repl  []*call // copies of a local write sent to its vbucket's streams
+	local []byte  // the local write's response, sent once repl is acknowledged
+}
+
+// route serves req elsewhere if this node does not hold its vbucket, and
+// reports whether it did so. Otherwise the caller serves it locally; rt
+// and vb are the routes and vbucket it was routed by.
+func (c *conn) route(req *protocol.Request) (done bool, rt *routes, vb uint16) {
+	rt = c.srv.router.get()
+	if rt == nil {
+		c.fail(req, protocol.StatusTempFailure) // no map yet
+		return true, nil, 0
+	}
+	if req.VBucket != 0 {
+		c.aware = true
+	}
+	vb = req.VBucket
+	if !c.aware {
+		vb = vbucket.VBucket(req.Key, rt.n)
+	}
+	if rt.local(vb) {
+		return false, rt, vb
+	}
+	if c.aware {
+		c.stats[cNotMyVBucket].Add(1)
+		c.wbuf = protocol.AppendFrame(c.wbuf, &protocol.Frame{
+			Magic: protocol.MagicResponse, Opcode: req.Opcode, DataType: protocol.DataTypeJSON,
+			VBucket: uint16(protocol.StatusNotMyVBucket), Opaque: req.Opaque, Value: rt.config,
+		})
+		return true, rt, vb
+	}
+	owner := rt.owner(vb)
+	if owner < 0 {
+		c.fail(req, protocol.StatusTempFailure)
+		return true, rt, vb
+	}
+	frame := copyRequest(req, vb)
+	c.stats[cForwarded].Add(1)
+	c.slots = append(c.slots, slot{
+		at: len(c.wbuf), frame: frame, vb: vb, rev: rt.m.Rev,
+		call: c.srv.peers.send(rt.m.Servers[owner].KV, uint64(vb), frame, req.Opcode.Loud()),
+	})
+	return true, rt, vb
+}
+
+// flushCluster serves FLUSH from a client in cluster mode: this node
+// flushes at once and every other node is sent the same FLUSH; the client
+// is answered once all have.
+func (c *conn) flushCluster(req *protocol.Request) {
+	rt := c.srv.router.get()
+	c.flushLocal(req)
+	if rt == nil {
+		c.ok(req, 0)
+		return
+	}
+	frame := protocol.AppendFrame(nil, &protocol.Frame{
+		Magic: protocol.MagicRequest, Opcode: req.Opcode, Opaque: req.Opaque, Extras: req.Extras,
+	})
+	s := slot{at: len(c.wbuf), frame: frame}
+	for i, srv := range rt.m.Servers {
+		if i != rt.self {
+			s.fan = append(s.fan, c.srv.peers.send(srv.KV, 0, frame, protocol.OpFlush))
+		}
+	}
+	c.slots = append(c.slots, s)
+}
+
+// assemble fills every slot, waiting for the responses, and replaces wbuf
+// with the batch's output in request order.
+func (c *conn) assemble() {
+	if len(c.slots) == 0 {
+		return
+	}
+	out := c.spare[:0]
+	prev := 0
+	for i := range c.slots {
+		s := &c.slots[i]
+		out = append(out, c.wbuf[prev:s.at]...)
+		prev = s.at
+		out = c.resolve(s, out)
+	}
+	out = append(out, c.wbuf[prev:]...)
+	c.spare, c.wbuf = c.wbuf[:0], out
+	clear(c.slots)
+	c.slots = c.slots[:0]
+}
+
+// resolve appends the client's response for slot s to out.
+func (c *conn) resolve(s *slot, out []byte) []byte {
+	req, _, _ := protocol.Parse(s.frame, protocol.MagicRequest, ^uint32(0))
+	if s.fan != nil {
+		for _, cl := range s.fan {
+			if resp, err := wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
+				c.srv.log.Debug("cluster flush incomplete", "err", err)
+				return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
+			}
+		}
+		if req.Opcode.IsQuiet() {
+			return out
+		}
+		return protocol.AppendHeader(out, protocol.MagicResponse, req.Opcode, 0, 0, 0, 0, 0, req.Opaque, 0)
+	}
+	if s.repl != nil {
+		moved := false
+		for _, cl := range s.repl {
+			resp, err := wait(cl)
+			switch {
+			case err != nil:
+				// The receiver is unreachable: the write stands here and
+				// the node will be failed over; count it.
+				c.srv.stats.replErrors.Add(1)
+			case respStatus(resp) == protocol.StatusNotMyVBucket:
+				moved = true
+			case respStatus(resp) != protocol.StatusOK:
+				c.srv.stats.replErrors.Add(1)
+			}
+		}
+		if !moved {
+			return append(out, s.local...)
+		}
+		// A receiver holds the vbucket active: this node's map is stale
+		// and the write must be made by the new owner.
+		rt := c.reroute(s)
+		if rt == nil {
+			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
+		}
+		if rt.local(s.vb) {
+			return append(out, s.local...) // still ours by the newest map
+		}
+	}
+	for try := 1; ; try++ {
+		resp, err := wait(s.call)
+		if err != nil {
+			c.srv.log.Debug("forward failed", "op", req.Opcode, "vb", s.vb, "err", err)
+			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
+		}
+		if respStatus(resp) != protocol.StatusNotMyVBucket {
+			return translate(out, resp, &req)
+		}
+		if try == forwardTries {
+			c.srv.log.Debug("forward: owner keeps disowning", "op", req.Opcode, "vb", s.vb, "rev", s.rev)
+			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
+		}
+		// The receiver does not hold the vbucket: route again by a newer
+		// map, never via the receiver's forwarding.
+		rt := c.reroute(s)
+		if rt == nil {
+			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
+		}
+		if rt.local(s.vb) {
+			return c.serveLocal(&req, out)
+		}
+	}
+}
+
+// reroute waits up to mapWait for a map newer than the one s was routed
+// by, and forwards s's request to the owner by that map unless it is this
+// node. It returns the routes used, or nil if the vbucket has no owner.
+func (c *conn) reroute(s *slot) *routes {
+	ctx, cancel := context.WithTimeout(context.Background(), mapWait)
+	c.srv.cfg.Cluster.WaitMap(ctx, s.rev)
+	cancel()
+	rt := c.srv.router.get()
+	s.rev = rt.m.Rev
+	if rt.local(s.vb) {
+		return rt
+	}
+	owner := rt.owner(s.vb)
+	if owner < 0 {
+		return nil
+	}
+	op := protocol.Opcode(s.frame[1])
+	s.call = c.srv.peers.send(rt.m.Servers[owner].KV, uint64(s.vb), s.frame, op.Loud())
+	return rt
+}
+
+// serveLocal serves req here, appending its response to out.
+func (c *conn) serveLocal(req *protocol.Request, out []byte) []byte {
+	saved := c.wbuf
+	c.wbuf = out
+	c.execute(req)
+	out = c.wbuf
+	c.wbuf = saved
+	return out
+}
+
+// wait returns a call's response, or an error if it failed or took longer
+// than forwardTimeout.
+func wait(cl *call) ([]byte, error) {
+	select {
+	case <-cl.done:
+		return cl.resp, cl.err
+	default:
+	}
+	t := time.NewTimer(forwardTimeout)
+	defer t.Stop()
+	select {
+	case <-cl.done:
+		return cl.resp, cl.err
+	case <-t.C:
+		return nil, errForwardTimeout
+	}
+}
+
+// translate appends the peer's response resp as the answer to the client's
+// req: with req's opcode and opaque, or nothing where req's quiet form
+// would have sent nothing.
+func translate(out, resp []byte, req *protocol.Request) []byte {
+	st := respStatus(resp)
+	if req.Opcode.IsQuiet() {
+		// A quiet read is silent on a miss; a quiet mutation on success.
+		switch req.Opcode.Loud() {
+		case protocol.OpGet, protocol.OpGetK, protocol.OpGAT, protocol.OpGATK:
+			if st == protocol.StatusKeyNotFound {
+				return out
+			}
+		default:
+			if st == protocol.StatusOK {
+				return out
+			}
+		}
+	}
+	at := len(out)
+	out = append(out, resp...)
+	out[at+1] = byte(req.Opcode)
+	binary.BigEndian.PutUint32(out[at+12:], req.Opaque)
+	return out
+}
+
+// respStatus returns the status of the response frame resp.
+func respStatus(resp []byte) protocol.Status {
+	return protocol.Status(binary.BigEndian.Uint16(resp[6:8]))
+}

@@ -1,0 +1,306 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"vbcache/protocol"
+)
+
+// Peer connections carry requests this node forwards to the owners of their
+// vbuckets. Each peer has peerConns persistent, pipelined connections; all
+// requests for one vbucket use the same one (the lane is the vbucket), so
+// they reach the owner in the order this node sent them. A peer connection
+// opens with HELLO carrying peerAgent, which tells the receiving node never
+// to forward again: it answers NOT_MY_VBUCKET instead.
+
+const (
+	peerConns   = 2
+	peerAgent   = "vbcache-peer"
+	dialTimeout = 2 * time.Second
+	peerBufSize = 64 << 10
+)
+
+var errPeerClosed = errors.New("server: peer connection closed")
+
+// PeerAuth are the SASL PLAIN credentials a node presents to its peers.
+type PeerAuth struct {
+	User, Password string
+}
+
+// call is one forwarded request. done is closed once resp or err is set.
+type call struct {
+	done chan struct{}
+	resp []byte // the whole response frame; owned by the call
+	err  error
+}
+
+// peers is the pool of connections to other nodes, by memcached address.
+type peers struct {
+	auth *PeerAuth
+	log  *slog.Logger
+
+	mu     sync.Mutex // guards conns and closed
+	conns  map[string]*[peerConns]*peerConn
+	closed bool
+}
+
+func newPeers(auth *PeerAuth, log *slog.Logger) *peers {
+	return &peers{auth: auth, log: log, conns: make(map[string]*[peerConns]*peerConn)}
+}
+
+// send forwards frame (a whole request) to the node at addr, rewriting its
+// opcode to op and its opaque to one of the connection's own, on the
+// connection chosen by lane. It does not block on the network: the call
+// completes when the response arrives or the connection fails.
+func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode) *call {
+	pc, err := p.conn(addr, int(lane%peerConns))
+	if err != nil {
+		c := &call{done: make(chan struct{}), err: err}
+		close(c.done)
+		return c
+	}
+	return pc.send(frame, op)
+}
+
+// conn returns a live connection to addr in slot i, dialling a new one if
+// the slot is empty or its connection failed.
+func (p *peers) conn(addr string, i int) (*peerConn, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errPeerClosed
+	}
+	slots := p.conns[addr]
+	if slots == nil {
+		slots = new([peerConns]*peerConn)
+		p.conns[addr] = slots
+	}
+	pc := slots[i]
+	if pc == nil || pc.failed() {
+		pc = &peerConn{addr: addr, log: p.log, wake: make(chan struct{}, 1)}
+		slots[i] = pc
+		go pc.run(p.auth)
+	}
+	p.mu.Unlock()
+	return pc, nil
+}
+
+// close closes every peer connection; pending calls fail.
+func (p *peers) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for _, slots := range p.conns {
+		for _, pc := range slots {
+			if pc != nil {
+				pc.fail(errPeerClosed)
+			}
+		}
+	}
+}
+
+// peerConn is one pipelined connection to a peer. Requests are queued in
+// out and pending by send and written by the run goroutine; responses are
+// matched to pending in order.
+type peerConn struct {
+	addr string
+	log  *slog.Logger
+	wake chan struct{} // tells the writer there is output; capacity 1
+
+	mu      sync.Mutex // guards the fields below
+	nc      net.Conn
+	out     []byte
+	pending []*call // in the order their requests were queued
+	opaque  uint32
+	err     error // set once; the connection is then dead
+}
+
+func (pc *peerConn) failed() bool {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.err != nil
+}
+
+// send queues frame with its opcode set to op and a fresh opaque.
+func (pc *peerConn) send(frame []byte, op protocol.Opcode) *call {
+	c := &call{done: make(chan struct{})}
+	pc.mu.Lock()
+	if pc.err != nil {
+		c.err = pc.err
+		pc.mu.Unlock()
+		close(c.done)
+		return c
+	}
+	pc.opaque++
+	at := len(pc.out)
+	pc.out = append(pc.out, frame...)
+	pc.out[at+1] = byte(op)
+	binary.BigEndian.PutUint32(pc.out[at+12:], pc.opaque)
+	pc.pending = append(pc.pending, c)
+	pc.mu.Unlock()
+	select {
+	case pc.wake <- struct{}{}:
+	default:
+	}
+	return c
+}
+
+// fail marks the connection dead with err, closes it and fails every
+// pending call. Only the first error counts.
+func (pc *peerConn) fail(err error) {
+	pc.mu.Lock()
+	if pc.err != nil {
+		pc.mu.Unlock()
+		return
+	}
+	pc.err = err
+	pending := pc.pending
+	pc.pending, pc.out = nil, nil
+	nc := pc.nc
+	pc.mu.Unlock()
+	if nc != nil {
+		nc.Close()
+	}
+	for _, c := range pending {
+		c.err = err
+		close(c.done)
+	}
+	// Wake the writer so it sees the error and returns.
+	select {
+	case pc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run dials, shakes hands, then writes queued requests until the
+// connection fails; a second goroutine reads responses.
+func (pc *peerConn) run(auth *PeerAuth) {
+	nc, br, err := dialPeer(pc.addr, auth)
+	if err != nil {
+		pc.log.Debug("peer unreachable", "peer", pc.addr, "err", err)
+		pc.fail(err)
+		return
+	}
+	pc.mu.Lock()
+	if pc.err != nil { // closed while dialling
+		pc.mu.Unlock()
+		nc.Close()
+		return
+	}
+	pc.nc = nc
+	pc.mu.Unlock()
+	go pc.readLoop(br)
+
+	var buf []byte
+	for range pc.wake {
+		pc.mu.Lock()
+		if pc.err != nil {
+			pc.mu.Unlock()
+			return
+		}
+		buf, pc.out = pc.out, buf[:0]
+		pc.mu.Unlock()
+		if len(buf) == 0 {
+			continue
+		}
+		if _, err := nc.Write(buf); err != nil {
+			pc.fail(fmt.Errorf("server: writing to peer %s: %w", pc.addr, err))
+			return
+		}
+	}
+}
+
+// readLoop completes pending calls with the responses, in order.
+func (pc *peerConn) readLoop(br *bufio.Reader) {
+	for {
+		frame, err := readFrame(br)
+		if err != nil {
+			pc.fail(fmt.Errorf("server: reading from peer %s: %w", pc.addr, err))
+			return
+		}
+		pc.mu.Lock()
+		if len(pc.pending) == 0 {
+			pc.mu.Unlock()
+			pc.fail(fmt.Errorf("server: peer %s sent an unrequested response", pc.addr))
+			return
+		}
+		c := pc.pending[0]
+		pc.pending[0] = nil
+		pc.pending = pc.pending[1:]
+		pc.mu.Unlock()
+		c.resp = frame
+		close(c.done)
+	}
+}
+
+// readFrame reads one response frame from br into a new buffer.
+func readFrame(br *bufio.Reader) ([]byte, error) {
+	hdr, err := br.Peek(protocol.HeaderLen)
+	if err != nil {
+		return nil, err
+	}
+	if hdr[0] != protocol.MagicResponse {
+		return nil, protocol.ErrBadMagic
+	}
+	n := protocol.HeaderLen + int(binary.BigEndian.Uint32(hdr[8:12]))
+	frame := make([]byte, n)
+	if _, err := io.ReadFull(br, frame); err != nil {
+		return nil, err
+	}
+	return frame, nil
+}
+
+// dialPeer connects to a peer and says HELLO as a peer (and authenticates
+// if auth is set), synchronously, before any request is queued on it.
+func dialPeer(addr string, auth *PeerAuth) (net.Conn, *bufio.Reader, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	nc.SetDeadline(time.Now().Add(dialTimeout))
+	hello := protocol.AppendFrame(nil, &protocol.Frame{
+		Magic: protocol.MagicRequest, Opcode: protocol.OpHello, Key: []byte(peerAgent),
+	})
+	steps := 1
+	if auth != nil {
+		hello = protocol.AppendFrame(hello, &protocol.Frame{
+			Magic: protocol.MagicRequest, Opcode: protocol.OpSASLAuth, Key: []byte("PLAIN"),
+			Value: []byte("\x00" + auth.User + "\x00" + auth.Password),
+		})
+		steps++
+	}
+	br := bufio.NewReaderSize(nc, peerBufSize)
+	if _, err := nc.Write(hello); err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	for range steps {
+		f, err := readFrame(br)
+		if err != nil {
+			nc.Close()
+			return nil, nil, err
+		}
+		h := protocol.ParseHeader(f)
+		if h.Status() != protocol.StatusOK {
+			nc.Close()
+			return nil, nil, fmt.Errorf("server: peer %s refused %s: status 0x%02x", addr, h.Opcode, uint16(h.Status()))
+		}
+	}
+	nc.SetDeadline(time.Time{})
+	return nc, br, nil
+}

@@ -1,0 +1,202 @@
+package server
+
+import (
+	"bytes"
+	"encoding/binary"
+	"sync"
+
+	"vbcache/protocol"
+	"vbcache/store"
+	"vbcache/vbucket"
+)
+
+// Replication and vbucket moves share one mechanism: a stream from the
+// active copy of a vbucket to every other server in its chain (its
+// replicas, and during a rebalance the servers of its forward row).
+//
+//   - A stream starts with DEL_VBUCKET, which empties the receiver's copy,
+//     then carries every mutation as SET_WITH_META or DEL_WITH_META (value,
+//     flags, data type, CAS, absolute expiration), and, in the background,
+//     a backfill of the items the vbucket held when the stream started.
+//   - Order: everything sent for one vbucket goes on one peer connection
+//     (the lane is the vbucket), and the write path holds the vbucket's
+//     lock from the store operation until its copy is queued; the backfill
+//     takes the same lock while it reads and queues each batch. So the
+//     receiver applies a vbucket's copies in the order the active made
+//     them, and a backfilled item never overtakes a newer write.
+//   - Receivers apply copies only if newer by CAS (store.SetWithMeta), and
+//     refuse them with NOT_MY_VBUCKET if they hold the vbucket active
+//     themselves: then the sender's map is stale, and the client's request
+//     is routed again to the new owner rather than acknowledged.
+//   - Sync replication (the default) answers the client once every stream
+//     acknowledged the copy. A receiver that cannot be reached (it died)
+//     does not fail the write: the active holds it, the failure is counted,
+//     and the cluster will fail that node over and rebuild the copy.
+//   - Once every stream of the current map is backfilled the node reports
+//     ready for that map's rev, which is what the coordinator waits for
+//     before it hands vbuckets to their new owners.
+
+// Cluster methods the replicator needs beyond routing.
+type readyReporter interface {
+	ReportReady(rev int64)
+}
+
+// streamKey names a stream: a vbucket and the receiving server.
+type streamKey struct {
+	vb   uint16
+	name string
+}
+
+// replicator is a cluster node's stream state.
+type replicator struct {
+	srv     *Server
+	sync    bool
+	vbLocks []sync.Mutex // one per vbucket: orders store operations and their copies
+
+	mu         sync.Mutex // guards started and backfilled
+	started    map[streamKey]bool
+	backfilled map[streamKey]bool
+	kick       chan struct{}
+}
+
+func newReplicator(s *Server, n int, syncRepl bool) *replicator {
+	return &replicator{
+		srv: s, sync: syncRepl, vbLocks: make([]sync.Mutex, n),
+		started: make(map[streamKey]bool), backfilled: make(map[streamKey]bool),
+		kick: make(chan struct{}, 1),
+	}
+}
+
+// mutates reports whether op changes an item, so that its vbucket's
+// streams must carry the result. (TOUCH and GAT change only the expiration
+// and keep the CAS; they are not streamed.)
+func mutates(op protocol.Opcode) bool {
+	switch op.Loud() {
+	case protocol.OpSet, protocol.OpAdd, protocol.OpReplace, protocol.OpDelete,
+		protocol.OpIncrement, protocol.OpDecrement, protocol.OpAppend, protocol.OpPrepend:
+		return true
+	}
+	return false
+}
+
+// replicate serves the mutation req locally and streams its result to the
+// vbucket's other servers. With sync replication the client's response
+// waits in a slot for their acknowledgements.
+func (c *conn) replicate(req *protocol.Request, rt *routes, vb uint16) {
+	r := c.srv.repl
+	start := len(c.wbuf)
+	var calls []*call
+	mu := &r.vbLocks[vb]
+	mu.Lock()
+	c.execute(req)
+	if succeeded(c.wbuf[start:]) {
+		frame := r.copyFrame(req.Key, vb)
+		op := protocol.Opcode(frame[1])
+		for _, t := range rt.targets[vb] {
+			addr := rt.m.Servers[t].KV
+			r.start(vb, rt.m.Servers[t].Name, addr)
+			calls = append(calls, c.srv.peers.send(addr, uint64(vb), frame, op))
+		}
+	}
+	mu.Unlock()
+	if len(calls) == 0 || !r.sync {
+		return
+	}
+	local := bytes.Clone(c.wbuf[start:])
+	c.wbuf = c.wbuf[:start]
+	c.slots = append(c.slots, slot{
+		at: start, frame: copyRequest(req, vb), vb: vb, rev: rt.m.Rev, repl: calls, local: local,
+	})
+}
+
+// succeeded reports whether resp, the response a request appended (empty
+// for a quiet success), is a success.
+func succeeded(resp []byte) bool {
+	return len(resp) == 0 || respStatus(resp) == protocol.StatusOK
+}
+
+// copyRequest returns a copy of req as a frame with vbucket vb.
+func copyRequest(req *protocol.Request, vb uint16) []byte {
+	return protocol.AppendFrame(nil, &protocol.Frame{
+		Magic: protocol.MagicRequest, Opcode: req.Opcode, DataType: req.DataType, VBucket: vb,
+		Opaque: req.Opaque, CAS: req.CAS, Extras: req.Extras, Key: req.Key, Value: req.Value,
+	})
+}
+
+// copyFrame returns the stream message that brings a receiver's copy of
+// key up to this node's: SET_WITH_META with the item, or DEL_WITH_META if
+// it is gone. The caller holds the vbucket's lock.
+func (r *replicator) copyFrame(key []byte, vb uint16) []byte {
+	st := r.srv.cfg.Store
+	value, m, ok := st.GetWithMeta(key, nil)
+	var extras [24]byte // flags, expiration, seqno (unused), CAS
+	op := protocol.OpSetWithMeta
+	if ok {
+		binary.BigEndian.PutUint32(extras[0:4], m.Flags)
+		binary.BigEndian.PutUint32(extras[4:8], uint32(m.Exp))
+		binary.BigEndian.PutUint64(extras[16:24], m.CAS)
+	} else {
+		op = protocol.OpDelWithMeta
+		binary.BigEndian.PutUint64(extras[16:24], st.NextCAS())
+	}
+	return protocol.AppendFrame(nil, &protocol.Frame{
+		Magic: protocol.MagicRequest, Opcode: op, DataType: m.DataType, VBucket: vb,
+		Extras: extras[:], Key: key, Value: value,
+	})
+}
+
+// start begins the stream of vb to the named server, if it has not begun:
+// it sends DEL_VBUCKET, so the receiver's copy starts empty, and schedules
+// the backfill. The caller holds the vbucket's lock.
+func (r *replicator) start(vb uint16, name, addr string) {
+	k := streamKey{vb, name}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.started[k] {
+		return
+	}
+	r.started[k] = true
+	r.srv.peers.send(addr, uint64(vb), protocol.AppendFrame(nil, &protocol.Frame{
+		Magic: protocol.MagicRequest, Opcode: protocol.OpDelVBucket, VBucket: vb,
+	}), protocol.OpDelVBucket)
+}
+
+// applyCopy serves the stream messages a peer sends: SET_WITH_META,
+// DEL_WITH_META and DEL_VBUCKET. A node that holds the vbucket active
+// refuses them.
+func (c *conn) applyCopy(req *protocol.Request) {
+	rt := c.srv.router.get()
+	if !c.peer || rt == nil || rt.single {
+		c.fail(req, protocol.StatusUnknownCommand)
+		return
+	}
+	if rt.local(req.VBucket) {
+		c.fail(req, protocol.StatusNotMyVBucket)
+		return
+	}
+	st := c.srv.cfg.Store
+	switch req.Opcode {
+	case protocol.OpDelVBucket:
+		n, vb := rt.n, req.VBucket
+		st.DeleteWhere(func(k []byte) bool { return vbucket.VBucket(k, n) == vb })
+	case protocol.OpSetWithMeta, protocol.OpDelWithMeta:
+		if len(req.Extras) != 24 || len(req.Key) == 0 {
+			c.fail(req, protocol.StatusInvalidArgs)
+			return
+		}
+		cas := binary.BigEndian.Uint64(req.Extras[16:24])
+		if req.Opcode == protocol.OpDelWithMeta {
+			st.DeleteWithMeta(req.Key, cas)
+			break
+		}
+		m := store.Meta{
+			Flags: binary.BigEndian.Uint32(req.Extras[0:4]), Exp: int64(binary.BigEndian.Uint32(req.Extras[4:8])),
+			DataType: req.DataType, CAS: cas,
+		}
+		if _, err := st.SetWithMeta(req.Key, req.Value, m); err != nil {
+			c.fail(req, statusOf(err))
+			return
+		}
+	}
+	c.ok(req, 0)
+}
