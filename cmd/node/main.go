@@ -1,9 +1,10 @@
 // Command node runs a vbcache node: a memcached binary protocol server.
 //
 // With no cluster flags it is a single-node, drop-in replacement for
-// memcached's binary protocol. It parses flags, builds the logger, wires the
-// store and the server together and waits for SIGINT or SIGTERM, on which it
-// stops accepting, finishes the requests in flight and exits 0.
+// memcached's binary protocol; -gossip turns cluster mode on. It parses
+// flags, builds the logger, starts a node.Node and waits for SIGINT or
+// SIGTERM, on which it stops accepting, finishes the requests in flight,
+// leaves the cluster and exits 0.
 package main
 
 import (
@@ -21,8 +22,9 @@ import (
 	"syscall"
 	"time"
 
+	"vbcache/node"
 	"vbcache/server"
-	"vbcache/store"
+	"vbcache/vbucket"
 )
 
 // version is this build's version, printed by -version.
@@ -43,6 +45,15 @@ type options struct {
 	logLevel     slog.Level
 	showVersion  bool
 	drainTimeout time.Duration
+
+	gossip      string
+	join        string
+	name        string
+	advertise   string
+	http        string
+	vbuckets    int
+	replicas    int
+	replication string
 }
 
 func main() {
@@ -69,8 +80,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.maxConns, "max-conns", 4096, "most client connections served at once")
 	fs.StringVar(&o.authFile, "auth-file", "", "`file` of SASL PLAIN users, one user:password a line; when set, clients must authenticate")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
-	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long SIGTERM may take: handing vbuckets over (cluster mode) and finishing in-flight requests")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	fs.StringVar(&o.gossip, "gossip", "", "gossip `host:port` (memberlist, TCP and UDP); setting it turns cluster mode on")
+	fs.StringVar(&o.join, "join", "", "comma-separated gossip `addresses` of nodes to join; retried in the background")
+	fs.StringVar(&o.name, "name", "", "unique node `name` in the cluster (default host:gossip-port)")
+	fs.StringVar(&o.advertise, "advertise", "", "`host` other nodes and clients reach this node at (default: the -gossip or -listen host, else a non-loopback address)")
+	fs.StringVar(&o.http, "http", "", "HTTP `host:port` for /cluster, /healthz and the /pools endpoints (default: none)")
+	fs.IntVar(&o.vbuckets, "vbuckets", 1024, "number of vbuckets, a power of two; the same on every node for the life of a cluster")
+	fs.IntVar(&o.replicas, "replicas", 1, "replica copies of each vbucket (cluster mode)")
+	fs.StringVar(&o.replication, "replication", "sync", "`mode`: sync acknowledges a write once its replicas have it; async acknowledges first")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -88,6 +107,30 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.maxConns < 1 {
 		return nil, fmt.Errorf("-max-conns must be at least 1, not %d", o.maxConns)
+	}
+	if err := vbucket.CheckCount(o.vbuckets); err != nil {
+		return nil, fmt.Errorf("-vbuckets: %w", err)
+	}
+	if o.replication != "sync" && o.replication != "async" {
+		return nil, fmt.Errorf("-replication %q: want sync or async", o.replication)
+	}
+	if o.replicas < 0 || o.replicas > 3 {
+		return nil, fmt.Errorf("-replicas %d is outside 0..3", o.replicas)
+	}
+	if o.gossip == "" {
+		for _, f := range []struct{ name, v string }{{"-join", o.join}, {"-name", o.name}} {
+			if f.v != "" {
+				return nil, fmt.Errorf("%s needs -gossip (cluster mode)", f.name)
+			}
+		}
+	}
+	for _, a := range append([]string{o.listen, o.gossip, o.http}, o.seeds()...) {
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("address %q: %v", a, err)
+		}
 	}
 	return o, nil
 }
@@ -124,47 +167,60 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		debug.SetMemoryLimit(int64(o.memoryLimit) + runtimeOverhead)
 	}
 
-	st, err := store.New(store.Config{MemoryLimit: int64(o.memoryLimit), MaxItemSize: int(o.maxItemSize)})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	srv, err := server.New(server.Config{
-		Store:       st,
+	// Catch signals before the node says it is listening, so a signal
+	// sent on that cue always takes the graceful path.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	n, err := node.New(node.Config{
+		Listen:      o.listen,
+		MemoryLimit: int64(o.memoryLimit),
 		MaxItemSize: int(o.maxItemSize),
 		MaxConns:    o.maxConns,
 		Users:       users,
 		Version:     "1.6.0-vbcache-" + version,
 		Logger:      log,
+		Gossip:      o.gossip,
+		Seeds:       o.seeds(),
+		Name:        o.name,
+		Advertise:   o.advertise,
+		HTTP:        o.http,
+		VBuckets:    o.vbuckets,
+		Replicas:    o.replicas,
+
+		AsyncReplication: o.replication == "async",
 	})
 	if err != nil {
 		return err
 	}
-	l, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		return err
-	}
-	log.Info("listening", "addr", l.Addr().String(), "memory_limit", o.memoryLimit.String(),
-		"max_item_size", o.maxItemSize.String(), "max_conns", o.maxConns, "auth", len(users) > 0, "version", version)
+	log.Info("listening", "addr", n.KVAddr(), "http", n.HTTPAddr(), "cluster", o.gossip != "",
+		"memory_limit", o.memoryLimit.String(), "max_item_size", o.maxItemSize.String(),
+		"max_conns", o.maxConns, "auth", len(users) > 0, "vbuckets", o.vbuckets, "version", version)
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
 	select {
-	case err := <-served:
+	case err := <-n.Err():
+		n.Close()
 		return err
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "drain_timeout", o.drainTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("connections still open after drain timeout; closed them", "err", err)
+	if err := n.Shutdown(sctx); err != nil {
+		log.Warn("shutdown cut short by -drain-timeout", "err", err)
 	}
-	<-served
 	log.Info("stopped")
 	return nil
+}
+
+// seeds returns the -join addresses.
+func (o *options) seeds() []string {
+	var out []string
+	for _, s := range strings.Split(o.join, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // byteSize is a flag value in bytes written with an optional binary unit:

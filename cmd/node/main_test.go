@@ -58,6 +58,11 @@ func TestParseFlags(t *testing.T) {
 		{"bad size", []string{"-memory-limit", "lots"}, "not a size"},
 		{"bad level", []string{"-log-level", "loud"}, "log-level"},
 		{"stray argument", []string{"11211"}, "unexpected argument"},
+		{"cluster", []string{"-gossip", "127.0.0.1:7946", "-join", "127.0.0.1:7947, 127.0.0.1:7948", "-name", "a", "-vbuckets", "64"}, ""},
+		{"vbuckets not a power of two", []string{"-gossip", "127.0.0.1:7946", "-vbuckets", "1000"}, "-vbuckets"},
+		{"too many replicas", []string{"-replicas", "4"}, "outside 0..3"},
+		{"join without gossip", []string{"-join", "127.0.0.1:7946"}, "-join needs -gossip"},
+		{"bad gossip address", []string{"-gossip", "7946"}, "missing port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,7 +91,8 @@ func TestHelpShowsEveryFlagWithDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"-listen", "(default \":11211\")", "-memory-limit", "(default 64MiB)", "-max-item-size",
-		"(default 1MiB)", "-max-conns", "(default 4096)", "-auth-file", "-log-level", "(default INFO)", "-version"} {
+		"(default 1MiB)", "-max-conns", "(default 4096)", "-auth-file", "-log-level", "(default INFO)", "-version",
+		"-gossip", "-join", "-name", "-advertise", "-http", "-vbuckets", "(default 1024)", "-replicas", "(default 1)"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("-h lacks %q:\n%s", want, stderr.String())
 		}

@@ -1,0 +1,257 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"vbcache/protocol"
+)
+
+// Rebalance, replication and failover tests: data follows the map and no
+// acknowledged write is lost.
+
+// loadKeys stores n keys "prefix-i" = "value-prefix-i" through addr with
+// pipelined SETQ and returns each key's CAS, read back with GETK.
+func loadKeys(t *testing.T, addr, prefix string, n int) map[string]uint64 {
+	t.Helper()
+	c := dial(t, addr)
+	const batch = 500
+	for i := 0; i < n; i += batch {
+		for j := i; j < min(i+batch, n); j++ {
+			k := fmt.Sprintf("%s-%d", prefix, j)
+			c.sendOpaque(protocol.OpSetQ, 0, k, make([]byte, 8), "value-"+k, uint32(j))
+		}
+		c.sendOpaque(protocol.OpNoop, 0, "", nil, "", 0xffffffff)
+		if st, resp := c.recv(t); resp.Opcode != protocol.OpNoop {
+			t.Fatalf("SETQ %s-%d: status 0x%02x", prefix, resp.Opaque, st)
+		}
+	}
+	return readKeys(t, addr, prefix, n)
+}
+
+// readKeys reads keys "prefix-0".."prefix-(n-1)" through addr with
+// pipelined GETKQ and returns the CAS of each one found with its expected
+// value. A key with a wrong value fails the test.
+func readKeys(t *testing.T, addr, prefix string, n int) map[string]uint64 {
+	t.Helper()
+	c := dial(t, addr)
+	got := make(map[string]uint64, n)
+	const batch = 500
+	for i := 0; i < n; i += batch {
+		for j := i; j < min(i+batch, n); j++ {
+			c.sendOpaque(protocol.OpGetKQ, 0, fmt.Sprintf("%s-%d", prefix, j), nil, "", uint32(j))
+		}
+		c.sendOpaque(protocol.OpNoop, 0, "", nil, "", 0xffffffff)
+		for {
+			st, resp := c.recv(t)
+			if resp.Opcode == protocol.OpNoop {
+				break
+			}
+			if st != protocol.StatusOK {
+				t.Fatalf("GETKQ %s: status 0x%02x %s", resp.Key, st, resp.Value)
+			}
+			if want := "value-" + string(resp.Key); string(resp.Value) != want {
+				t.Fatalf("key %s = %q, want %q", resp.Key, resp.Value, want)
+			}
+			got[string(resp.Key)] = resp.CAS
+		}
+	}
+	return got
+}
+
+// writer sets keys "prefix-i", i = 0, 1, ..., one at a time through addr
+// (loud SET, so each write is acknowledged or not) until stop is closed or
+// limit writes were made, and records the acknowledged ones.
+type writer struct {
+	acked  sync.Map // key -> struct{}
+	nAcked atomic.Int64
+	nErr   atomic.Int64
+	done   chan struct{}
+}
+
+func startWriter(t *testing.T, addr, prefix string, limit int, stop <-chan struct{}) *writer {
+	w := &writer{done: make(chan struct{})}
+	c := dial(t, addr)
+	go func() {
+		defer close(w.done)
+		for i := 0; i < limit; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := fmt.Sprintf("%s-%d", prefix, i)
+			c.sendOpaque(protocol.OpSet, 0, k, make([]byte, 8), "value-"+k, uint32(i))
+			st, ok := c.tryRecv()
+			if !ok {
+				return
+			}
+			if st == protocol.StatusOK {
+				w.acked.Store(k, struct{}{})
+				w.nAcked.Add(1)
+			} else {
+				w.nErr.Add(1)
+			}
+		}
+	}()
+	return w
+}
+
+// checkAcked reads every acknowledged key of w through addr.
+func (w *writer) checkAcked(t *testing.T, addr, prefix string) {
+	t.Helper()
+	<-w.done
+	n := 0
+	w.acked.Range(func(any, any) bool { n++; return true })
+	var maxI int
+	w.acked.Range(func(k, _ any) bool {
+		var i int
+		fmt.Sscanf(k.(string)[len(prefix)+1:], "%d", &i)
+		maxI = max(maxI, i)
+		return true
+	})
+	got := readKeys(t, addr, prefix, maxI+1)
+	lost := 0
+	w.acked.Range(func(k, _ any) bool {
+		if _, ok := got[k.(string)]; !ok {
+			if lost < 5 {
+				t.Errorf("acknowledged write %s lost", k)
+			}
+			lost++
+		}
+		return true
+	})
+	t.Logf("writer: %d acknowledged, %d refused; %d lost", n, w.nErr.Load(), lost)
+	if n == 0 {
+		t.Fatal("the writer made no acknowledged write")
+	}
+}
+
+func TestRebalanceOnJoinMovesData(t *testing.T) {
+	n := 100000
+	if raceEnabled {
+		n = 20000
+	}
+	nodes := startCluster(t, 2)
+	waitSettled(t, nodes, convergeTimeout)
+	before := loadKeys(t, nodes[0].KVAddr(), "key", n)
+	if len(before) != n {
+		t.Fatalf("loaded %d keys, want %d", len(before), n)
+	}
+
+	stop := make(chan struct{})
+	w := startWriter(t, nodes[1].KVAddr(), "during", 1_000_000, stop)
+	start := time.Now()
+	nodes = append(nodes, startNode(t, "node2", 0, nodes[0].Cluster().GossipAddr()))
+	m := waitSettled(t, nodes, 60*time.Second)
+	took := time.Since(start)
+	close(stop)
+
+	active, _ := m.Counts()
+	third := active[m.IndexOf("node2")]
+	t.Logf("join to settled map: %v; node2 holds %d active vbuckets", took.Round(time.Millisecond), third)
+	if third < 300 || third > 380 {
+		t.Errorf("node2 holds %d active vbuckets, want about 1024/3", third)
+	}
+	for _, nd := range nodes {
+		after := readKeys(t, nd.KVAddr(), "key", n)
+		if len(after) != n {
+			t.Fatalf("through %s: %d of %d keys", nd.name, len(after), n)
+		}
+		for k, cas := range before {
+			if after[k] != cas {
+				t.Fatalf("through %s: key %s has CAS %d, had %d", nd.name, k, after[k], cas)
+			}
+		}
+	}
+	w.checkAcked(t, nodes[2].KVAddr(), "during")
+	// Moved data is dropped by the old owners: each node holds its active
+	// vbuckets and its replicas, no more.
+	total := 0
+	for _, nd := range nodes {
+		total += int(nd.Store().Stats().CurrItems)
+	}
+	if want := 2 * (n + int(w.nAcked.Load())); total > want+want/10 {
+		t.Errorf("nodes hold %d items in all; with one replica want about %d", total, want)
+	}
+}
+
+func TestGracefulLeaveKeepsWrites(t *testing.T) {
+	nodes := startCluster(t, 3)
+	waitSettled(t, nodes, convergeTimeout)
+	loadKeys(t, nodes[0].KVAddr(), "key", 5000)
+	stop := make(chan struct{})
+	w := startWriter(t, nodes[0].KVAddr(), "during", 1_000_000, stop)
+	time.Sleep(200 * time.Millisecond) // let the writer get going
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := nodes[2].Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	nodes = nodes[:2]
+	waitSettled(t, nodes, convergeTimeout)
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	if got := readKeys(t, nodes[1].KVAddr(), "key", 5000); len(got) != 5000 {
+		t.Fatalf("after the leave %d of 5000 keys", len(got))
+	}
+	w.checkAcked(t, nodes[1].KVAddr(), "during")
+	if e := w.nErr.Load(); e != 0 {
+		t.Errorf("a legacy client saw %d errors during a graceful leave", e)
+	}
+}
+
+func TestFailoverKeepsSyncWrites(t *testing.T) {
+	nodes := startCluster(t, 3)
+	m := waitSettled(t, nodes, convergeTimeout)
+	loadKeys(t, nodes[0].KVAddr(), "item", 5000)
+	stop := make(chan struct{})
+	w := startWriter(t, nodes[0].KVAddr(), "during", 1_000_000, stop)
+	time.Sleep(200 * time.Millisecond)
+
+	victim := nodes[2]
+	key, _ := keyOwnedBy(m, func(i int) bool { return i == m.IndexOf(victim.name) })
+	killed := time.Now()
+	victim.Close()
+	nodes = nodes[:2]
+
+	// The cluster serves the victim's vbuckets again.
+	c := dial(t, nodes[0].KVAddr())
+	for {
+		c.send(protocol.OpSet, 0, key, make([]byte, 8), "x")
+		if st, _ := c.recv(t); st == protocol.StatusOK {
+			break
+		}
+		if time.Since(killed) > 10*time.Second {
+			t.Fatal("the killed node's vbuckets were not served again within 10s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("serving the killed node's vbuckets again %v after the kill", time.Since(killed).Round(time.Millisecond))
+	waitSettled(t, nodes, 30*time.Second)
+	close(stop)
+	if got := readKeys(t, nodes[1].KVAddr(), "item", 5000); len(got) != 5000 {
+		t.Fatalf("after failover %d of 5000 keys", len(got))
+	}
+	w.checkAcked(t, nodes[1].KVAddr(), "during")
+}
+
+// tryRecv is recv for a background goroutine: it reports failure instead
+// of failing the test.
+func (c *rawConn) tryRecv() (protocol.Status, bool) {
+	hdr := make([]byte, protocol.HeaderLen)
+	if _, err := readFull(c, hdr); err != nil {
+		return 0, false
+	}
+	body := make([]byte, binary.BigEndian.Uint32(hdr[8:12]))
+	if _, err := readFull(c, body); err != nil {
+		return 0, false
+	}
+	return protocol.Status(binary.BigEndian.Uint16(hdr[6:8])), true
+}
