@@ -86,6 +86,9 @@ type Config struct {
 	Logger *slog.Logger
 	// JoinRetry is how often unreachable seeds are retried. Default 2s.
 	JoinRetry time.Duration
+	// Transport, if set, replaces memberlist's UDP/TCP transport (tests
+	// use it to cut the network); Gossip then only names the node.
+	Transport memberlist.NodeAwareTransport
 }
 
 // Cluster is this node's view of the cluster. Its methods are safe for
@@ -110,6 +113,8 @@ type Cluster struct {
 	maxRev   int64                // highest rev seen anywhere
 	members  map[string]*member   // every node ever seen, by name
 	lastSent map[string]time.Time // when the map was last sent to a lagging member
+
+	rebalanceStart time.Time // when the running rebalance began; loop goroutine only
 
 	kick     chan struct{} // wakes the loop; capacity 1
 	stop     chan struct{}
@@ -211,6 +216,9 @@ func New(cfg Config) (*Cluster, error) {
 	mc.PushPullInterval = pushPullInterval
 	mc.TCPTimeout = tcpTimeout
 	mc.Logger = newMemberlistLogger(c.log)
+	if cfg.Transport != nil {
+		mc.Transport = cfg.Transport
+	}
 	d := (*delegate)(c)
 	mc.Delegate = d
 	mc.Events = d
@@ -428,6 +436,7 @@ func (c *Cluster) coordinate() {
 			return
 		}
 		c.log.Info("published map", "rev", next.Rev, "servers", len(next.Servers), "rebalancing", len(next.Forward) > 0)
+		c.logRebalance(next)
 		cur = next
 	}
 	msg := encodeMap(cur)
@@ -452,6 +461,26 @@ func (c *Cluster) coordinate() {
 		if err := c.ml.SendReliable(node, msg); err != nil {
 			c.log.Debug("sending map", "peer", m.name, "err", err)
 		}
+	}
+}
+
+// logRebalance says when a rebalance starts and ends, and how long it took.
+func (c *Cluster) logRebalance(next *vbucket.Map) {
+	moving := 0
+	for vb := range next.Forward {
+		if !slices.Equal(next.VBuckets[vb], next.Forward[vb]) {
+			moving++
+		}
+	}
+	switch {
+	case moving > 0 && c.rebalanceStart.IsZero():
+		c.rebalanceStart = time.Now()
+		c.log.Info("rebalance started", "rev", next.Rev, "vbuckets_moving", moving)
+	case moving > 0:
+		c.log.Info("rebalance restarted for a new member set", "rev", next.Rev, "vbuckets_moving", moving)
+	case !c.rebalanceStart.IsZero():
+		c.log.Info("rebalance finished", "rev", next.Rev, "took", time.Since(c.rebalanceStart).Round(time.Millisecond))
+		c.rebalanceStart = time.Time{}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"vbcache/cluster"
+	"vbcache/server"
 )
 
 // handler serves the node's HTTP endpoints:
@@ -24,7 +25,10 @@ func (n *Node) handler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, n.status())
+		writeJSON(w, struct {
+			cluster.Status
+			Progress server.Progress `json:"progress"`
+		}{n.status(), n.srv.Progress()})
 	})
 	mux.HandleFunc("GET /pools", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{

@@ -144,6 +144,15 @@ func TestRebalanceOnJoinMovesData(t *testing.T) {
 		t.Fatalf("loaded %d keys, want %d", len(before), n)
 	}
 
+	sent := func() (items, bytes uint64) {
+		for _, nd := range nodes {
+			p := nd.srv.Progress()
+			items, bytes = items+p.BackfillItems, bytes+p.BackfillBytes
+		}
+		return
+	}
+	items0, bytes0 := sent()
+
 	stop := make(chan struct{})
 	w := startWriter(t, nodes[1].KVAddr(), "during", 1_000_000, stop)
 	start := time.Now()
@@ -152,9 +161,26 @@ func TestRebalanceOnJoinMovesData(t *testing.T) {
 	took := time.Since(start)
 	close(stop)
 
+	items, bytes := sent()
+	items, bytes = items-items0, bytes-bytes0
 	active, _ := m.Counts()
 	third := active[m.IndexOf("node2")]
-	t.Logf("join to settled map: %v; node2 holds %d active vbuckets", took.Round(time.Millisecond), third)
+	t.Logf("join to new node serving its vbuckets (settled map): %v; node2 holds %d active vbuckets", took.Round(time.Millisecond), third)
+	t.Logf("rebalance moved %d items, %.1f MB: %.0f items/s, %.1f MB/s (race detector: %v)",
+		items, float64(bytes)/1e6, float64(items)/took.Seconds(), float64(bytes)/1e6/took.Seconds(), raceEnabled)
+	if items < uint64(n)/3 {
+		t.Errorf("backfills sent %d items; the new node alone should receive about %d", items, 2*n/3)
+	}
+	var st struct {
+		Progress struct {
+			VBucketsActive int    `json:"vbuckets_active"`
+			ItemsSent      uint64 `json:"items_sent"`
+		} `json:"progress"`
+	}
+	getJSON(t, "http://"+nodes[0].HTTPAddr()+"/cluster", &st)
+	if st.Progress.VBucketsActive != active[m.IndexOf(nodes[0].name)] || st.Progress.ItemsSent == 0 {
+		t.Errorf("/cluster progress %+v: want node0's %d active vbuckets and items sent", st.Progress, active[m.IndexOf(nodes[0].name)])
+	}
 	if third < 300 || third > 380 {
 		t.Errorf("node2 holds %d active vbuckets, want about 1024/3", third)
 	}

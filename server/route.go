@@ -186,11 +186,13 @@ func streamTargets(m *vbucket.Map, self int) [][]int {
 
 // Progress describes the current rebalance from this node's view.
 type Progress struct {
-	Rev             int64  // map rev
-	VBucketsMoving  int    // vbuckets whose forward row differs from their row
-	BackfillItems   uint64 // items this node has sent in backfills, ever
-	BackfillBytes   uint64 // bytes of those
-	ReplicationErrs uint64 // copies a receiver did not acknowledge
+	Rev             int64  `json:"rev"`              // map rev
+	VBucketsActive  int    `json:"vbuckets_active"`  // held active here
+	VBucketsReplica int    `json:"vbuckets_replica"` // held as a replica here
+	VBucketsMoving  int    `json:"vbuckets_moving"`  // cluster-wide: forward row differs from row
+	BackfillItems   uint64 `json:"items_sent"`       // items this node has sent in backfills, ever
+	BackfillBytes   uint64 `json:"bytes_sent"`       // bytes of those
+	ReplicationErrs uint64 `json:"replication_errors"`
 }
 
 // Progress returns rebalance and replication figures for /cluster and STAT.
@@ -201,6 +203,10 @@ func (s *Server) Progress() Progress {
 	}
 	if rt := s.router.get(); rt != nil {
 		p.Rev = rt.m.Rev
+		if rt.self >= 0 {
+			active, replica := rt.m.Counts()
+			p.VBucketsActive, p.VBucketsReplica = active[rt.self], replica[rt.self]
+		}
 		if len(rt.m.Forward) > 0 {
 			for vb, row := range rt.m.VBuckets {
 				if !slices.Equal(row, rt.m.Forward[vb]) {

@@ -108,6 +108,16 @@ func (c *conn) generalStats(req *protocol.Request) {
 	c.statUint(req, "evicted_unfetched", st.EvictedUnfetched)
 	c.statUint(req, "evictions", st.Evictions)
 	c.statUint(req, "reclaimed", st.Reclaimed)
+	if s.cfg.Cluster != nil {
+		p := s.Progress()
+		c.statUint(req, "cluster_rev", uint64(max(p.Rev, 0)))
+		c.statUint(req, "vbuckets_active", uint64(p.VBucketsActive))
+		c.statUint(req, "vbuckets_replica", uint64(p.VBucketsReplica))
+		c.statUint(req, "vbuckets_moving", uint64(p.VBucketsMoving))
+		c.statUint(req, "rebalance_items_sent", p.BackfillItems)
+		c.statUint(req, "rebalance_bytes_sent", p.BackfillBytes)
+		c.statUint(req, "replication_errors", p.ReplicationErrs)
+	}
 }
 
 func (c *conn) settingsStats(req *protocol.Request) {
