@@ -146,6 +146,7 @@ const (
 	loopInterval     = 200 * time.Millisecond
 	resendAfter      = time.Second
 	leaveTimeout     = 2 * time.Second
+	deadNodeReclaim  = time.Second
 )
 
 // New starts gossip on cfg.Gossip, tries to join cfg.Seeds once, and starts
@@ -215,6 +216,9 @@ func New(cfg Config) (*Cluster, error) {
 	mc.GossipInterval = gossipInterval
 	mc.PushPullInterval = pushPullInterval
 	mc.TCPTimeout = tcpTimeout
+	// A node restarted under its old name but on a new address may take
+	// the name back once the old incarnation has been dead this long.
+	mc.DeadNodeReclaimTime = deadNodeReclaim
 	mc.Logger = newMemberlistLogger(c.log)
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport

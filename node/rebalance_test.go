@@ -281,3 +281,28 @@ func (c *rawConn) tryRecv() (protocol.Status, bool) {
 	}
 	return protocol.Status(binary.BigEndian.Uint16(hdr[6:8])), true
 }
+
+// TestRestartedNodeRejoins kills a node, restarts it under the same name
+// (on new ports, empty) and checks that it gets vbuckets, and their data,
+// through a rebalance.
+func TestRestartedNodeRejoins(t *testing.T) {
+	nodes := startCluster(t, 3)
+	waitConverged(t, nodes)
+	loadKeys(t, nodes[0].KVAddr(), "key", 5000)
+	nodes[2].Close()
+	waitConverged(t, nodes[:2])
+
+	nodes[2] = startNode(t, "node2", 0, nodes[0].Cluster().GossipAddr())
+	m := waitSettled(t, nodes, 30*time.Second)
+	active, replica := m.Counts()
+	i := m.IndexOf("node2")
+	if active[i] < 300 || replica[i] < 300 {
+		t.Fatalf("restarted node holds %d active and %d replica vbuckets", active[i], replica[i])
+	}
+	if items := nodes[2].Store().Stats().CurrItems; items < 2500 {
+		t.Errorf("restarted node holds %d items; about 2/3 of 5000 should have moved to it", items)
+	}
+	if got := readKeys(t, nodes[2].KVAddr(), "key", 5000); len(got) != 5000 {
+		t.Fatalf("%d of 5000 keys after the restart", len(got))
+	}
+}
