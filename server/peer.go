@@ -51,6 +51,7 @@ type peers struct {
 	mu     sync.Mutex // guards conns and closed
 	conns  map[string]*[peerConns]*peerConn
 	closed bool
+	wg     sync.WaitGroup // every peer connection's goroutines
 }
 
 func newPeers(auth *PeerAuth, log *slog.Logger) *peers {
@@ -88,16 +89,16 @@ func (p *peers) conn(addr string, i int) (*peerConn, error) {
 	if pc == nil || pc.failed() {
 		pc = &peerConn{addr: addr, log: p.log, wake: make(chan struct{}, 1)}
 		slots[i] = pc
-		go pc.run(p.auth)
+		p.wg.Go(func() { pc.run(p.auth) })
 	}
 	p.mu.Unlock()
 	return pc, nil
 }
 
-// close closes every peer connection; pending calls fail.
+// close closes every peer connection, failing pending calls, and waits for
+// their goroutines to end.
 func (p *peers) close() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.closed = true
 	for _, slots := range p.conns {
 		for _, pc := range slots {
@@ -106,6 +107,8 @@ func (p *peers) close() {
 			}
 		}
 	}
+	p.mu.Unlock()
+	p.wg.Wait()
 }
 
 // peerConn is one pipelined connection to a peer. Requests are queued in
@@ -198,7 +201,9 @@ func (pc *peerConn) run(auth *PeerAuth) {
 	}
 	pc.nc = nc
 	pc.mu.Unlock()
-	go pc.readLoop(br)
+	var reader sync.WaitGroup
+	reader.Go(func() { pc.readLoop(br) })
+	defer reader.Wait()
 
 	var buf []byte
 	for range pc.wake {
