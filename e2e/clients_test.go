@@ -18,7 +18,13 @@ const memccapableBinaryTests = 27
 // mode; every one of its binary tests must pass.
 func TestMemccapable(t *testing.T) {
 	requireTool(t, "memccapable", "libmemcached-tools")
-	addr := connectAddr(t, startServer(t))
+	checkMemccapable(t, connectAddr(t, startServer(t)))
+}
+
+// checkMemccapable runs memccapable -b against addr and requires every
+// binary test to pass.
+func checkMemccapable(t *testing.T, addr string) {
+	t.Helper()
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		t.Fatal(err)

@@ -602,29 +602,7 @@ func TestClusterLegacyClients(t *testing.T) {
 func TestClusterMemccapable(t *testing.T) {
 	requireTool(t, "memccapable", "libmemcached-tools")
 	nodes, _ := startCluster(t, 3)
-	addr := connectAddr(t, nodes[1].kv)
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := runClient(t, "memccapable", "-b", "-t", "10", "-h", host, "-p", port)
-	if err != nil {
-		t.Errorf("memccapable: %v", err)
-	}
-	res := parseMemccapable(out)
-	if len(res.failed) > 0 {
-		t.Errorf("memccapable failed %d binary tests: %s", len(res.failed), strings.Join(res.failed, ", "))
-	}
-	if len(res.skipped) > 0 {
-		t.Errorf("memccapable skipped binary tests: %s", strings.Join(res.skipped, ", "))
-	}
-	if res.run() != memccapableBinaryTests || len(res.passed) != res.run() {
-		t.Errorf("memccapable passed %d of %d binary tests, want %d of %d",
-			len(res.passed), res.run(), memccapableBinaryTests, memccapableBinaryTests)
-	}
-	if !res.allPassed {
-		t.Errorf("memccapable did not report %q", "All tests passed")
-	}
+	checkMemccapable(t, connectAddr(t, nodes[1].kv))
 }
 
 // clusterScript runs scripts/cluster.sh against one cluster directory.
