@@ -3,6 +3,7 @@ package node
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 
 	"vbcache/cluster"
 	"vbcache/server"
@@ -15,8 +16,14 @@ import (
 //	/pools, /pools/default,
 //	/pools/default/buckets,
 //	/pools/default/buckets/default  what go-couchbase reads to find the map
+//	/debug/pprof/                   Go's profiler (CPU, heap, goroutines)
 func (n *Node) handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if n.cl != nil && !n.cl.Serving() {
 			http.Error(w, "no cluster map yet", http.StatusServiceUnavailable)
