@@ -14,6 +14,13 @@
 //   - Responses leave in request order.
 //   - Shutdown stops accepting, lets every connection finish the requests it
 //     has already read, flushes their responses and then closes it.
+//
+// In cluster mode (Config.Cluster set) a keyed request is served here only
+// if this node holds its vbucket active (route.go); otherwise it is answered
+// NOT_MY_VBUCKET or forwarded, with responses kept in request order
+// (forward.go). Writes to a local vbucket are streamed to its replicas and
+// to the servers it moves to (replicate.go, backfill.go). Peer connections
+// are in peer.go.
 package server
 
 import (
