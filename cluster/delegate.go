@@ -118,11 +118,15 @@ func (c *Cluster) record(n *memberlist.Node, event string) {
 		bad = c.incompatible(n)
 	}
 	state := n.State
-	if event == "left" && state != memberlist.StateLeft {
-		// memberlist reports departures without updating Node.State.
-		state = memberlist.StateDead
-	}
 	c.mu.Lock()
+	if event == "left" && state != memberlist.StateLeft {
+		// memberlist reports departures without updating Node.State: a
+		// member that announced it was leaving left; any other died.
+		state = memberlist.StateDead
+		if old := c.members[n.Name]; old != nil && old.meta.Leaving {
+			state = memberlist.StateLeft
+		}
+	}
 	c.members[n.Name] = &member{name: n.Name, gossip: n.Address(), addr: slices.Clone(n.Addr), port: n.Port, state: state, meta: m, bad: bad}
 	c.maxRev = max(c.maxRev, m.Rev)
 	c.mu.Unlock()

@@ -197,6 +197,11 @@ func TestClusterMembershipChanges(t *testing.T) {
 		}
 		nodes = nodes[:3]
 		m2 := waitConverged(t, nodes)
+		for _, mb := range nodes[0].Cluster().Status().Members {
+			if mb.Name == leaving.name && mb.State != "left" {
+				t.Errorf("a node that left gracefully is shown %q", mb.State)
+			}
+		}
 		checkMap(t, m2, vbucket.DefaultVBuckets)
 		if m2.Rev <= m.Rev {
 			t.Fatalf("rev went from %d to %d", m.Rev, m2.Rev)
