@@ -112,7 +112,7 @@ type Cluster struct {
 	changed  chan struct{}
 	maxRev   int64                // highest rev seen anywhere
 	members  map[string]*member   // every node ever seen, by name
-	lastSent map[string]time.Time // when the map was last sent to a lagging member
+	lastSent map[string]sent // the last map sent to each lagging member
 
 	rebalanceStart time.Time // when the running rebalance began; loop goroutine only
 
@@ -120,6 +120,13 @@ type Cluster struct {
 	stop     chan struct{}
 	loopDone sync.WaitGroup
 	shutOnce sync.Once
+}
+
+// sent records a map sent to a member: a new rev goes out at once, the
+// same rev again only after resendAfter.
+type sent struct {
+	rev int64
+	at  time.Time
 }
 
 // member is what this node knows of another.
@@ -191,7 +198,7 @@ func New(cfg Config) (*Cluster, error) {
 		start:    time.Now().UnixNano(),
 		changed:  make(chan struct{}),
 		members:  make(map[string]*member),
-		lastSent: make(map[string]time.Time),
+		lastSent: make(map[string]sent),
 		kick:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 	}
@@ -450,9 +457,10 @@ func (c *Cluster) coordinate() {
 			continue
 		}
 		c.mu.Lock()
-		recent := now.Sub(c.lastSent[m.name]) < resendAfter
+		last := c.lastSent[m.name]
+		recent := last.rev == cur.Rev && now.Sub(last.at) < resendAfter
 		if !recent {
-			c.lastSent[m.name] = now
+			c.lastSent[m.name] = sent{cur.Rev, now}
 		}
 		c.mu.Unlock()
 		if recent {

@@ -23,6 +23,10 @@ import (
 	"vbcache/store"
 )
 
+// leaveLinger is how long a node that has handed its vbuckets over keeps
+// serving before it closes client connections.
+const leaveLinger = time.Second
+
 // Config configures a Node. Zero values take the defaults given.
 type Config struct {
 	// Listen is the memcached binary protocol address. Default ":11211";
@@ -204,6 +208,15 @@ func (n *Node) Shutdown(ctx context.Context) error {
 				n.log.Warn("vbuckets not all handed over before the drain timeout", "err", lerr)
 			default:
 				n.log.Info("vbuckets handed over", "took", time.Since(start).Round(time.Millisecond))
+				// Keep answering for a moment: clients that still send here
+				// get NOT_MY_VBUCKET with the new map (or are forwarded)
+				// and move on before their connections close.
+				linger := time.NewTimer(leaveLinger)
+				select {
+				case <-linger.C:
+				case <-ctx.Done():
+					linger.Stop()
+				}
 			}
 		}
 		if n.srv != nil {

@@ -148,6 +148,9 @@ func (c *conn) resolve(s *slot, out []byte) []byte {
 		for _, cl := range s.repl {
 			resp, err := wait(cl)
 			switch {
+			case errors.Is(err, errForwardTimeout):
+				c.srv.log.Warn("replica copy unacknowledged", "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout)
+				c.srv.stats.replErrors.Add(1)
 			case err != nil:
 				// The receiver is unreachable: the write stands here and
 				// the node will be failed over; count it.
@@ -162,19 +165,22 @@ func (c *conn) resolve(s *slot, out []byte) []byte {
 			return append(out, s.local...)
 		}
 		// A receiver holds the vbucket active: this node's map is stale
-		// and the write must be made by the new owner.
+		// and the write must be made by the new owner. If no newer map
+		// says who that is, the write is not acknowledged: this node
+		// may be about to drop its copy.
 		rt := c.reroute(s)
-		if rt == nil {
+		if rt == nil || rt.local(s.vb) {
 			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
-		}
-		if rt.local(s.vb) {
-			return append(out, s.local...) // still ours by the newest map
 		}
 	}
 	for try := 1; ; try++ {
 		resp, err := wait(s.call)
 		if err != nil {
-			c.srv.log.Debug("forward failed", "op", req.Opcode, "vb", s.vb, "err", err)
+			if errors.Is(err, errForwardTimeout) {
+				c.srv.log.Warn("forwarded request unanswered", "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout)
+			} else {
+				c.srv.log.Debug("forward failed", "op", req.Opcode, "vb", s.vb, "err", err)
+			}
 			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
 		}
 		if respStatus(resp) != protocol.StatusNotMyVBucket {
