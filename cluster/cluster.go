@@ -110,9 +110,9 @@ type Cluster struct {
 
 	mu       sync.Mutex // guards the fields below
 	changed  chan struct{}
-	maxRev   int64                // highest rev seen anywhere
-	members  map[string]*member   // every node ever seen, by name
-	lastSent map[string]sent // the last map sent to each lagging member
+	maxRev   int64              // highest rev seen anywhere
+	members  map[string]*member // every node ever seen, by name
+	lastSent map[string]sent    // the last map sent to each lagging member
 
 	rebalanceStart time.Time // when the running rebalance began; loop goroutine only
 
