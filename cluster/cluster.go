@@ -114,7 +114,8 @@ type Cluster struct {
 	members  map[string]*member // every node ever seen, by name
 	lastSent map[string]sent    // the last map sent to each lagging member
 
-	rebalanceStart time.Time // when the running rebalance began; loop goroutine only
+	rebalanceStart time.Time    // when the running rebalance began; loop goroutine only
+	target         *vbucket.Map // placement for the last server list; loop goroutine only
 
 	kick     chan struct{} // wakes the loop; capacity 1
 	stop     chan struct{}
@@ -430,13 +431,15 @@ func (c *Cluster) coordinate() {
 	if len(servers) == 0 {
 		return // everyone is leaving: keep the map as it is
 	}
-	target, err := vbucket.Build(0, servers, c.cfg.VBuckets, c.cfg.Replicas)
+	target, err := c.placement(servers)
 	if err != nil {
 		c.log.Error("computing placement", "err", err)
 		return
 	}
 	cur := c.cur.Load()
 	if next := nextMap(cur, target, alive, c.ready); next != nil {
+		cp := *next // target is cached: publish a copy with its own rev
+		next = &cp
 		c.mu.Lock()
 		next.Rev = c.maxRev + 1
 		c.mu.Unlock()
@@ -474,6 +477,21 @@ func (c *Cluster) coordinate() {
 			c.log.Debug("sending map", "peer", m.name, "err", err)
 		}
 	}
+}
+
+// placement returns the target map for servers (sorted by name), computed
+// once per server list: placing 1024 vbuckets takes milliseconds and the
+// loop runs five times a second. The result must not be modified.
+func (c *Cluster) placement(servers []vbucket.Server) (*vbucket.Map, error) {
+	if c.target != nil && slices.Equal(c.target.Servers, servers) {
+		return c.target, nil
+	}
+	m, err := vbucket.Build(0, servers, c.cfg.VBuckets, c.cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	c.target = m
+	return m, nil
 }
 
 // logRebalance says when a rebalance starts and ends, and how long it took.

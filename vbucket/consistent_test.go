@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/buraksezer/consistent"
-	"github.com/cespare/xxhash/v2"
 )
 
 // TestConsistentBaseline prints what github.com/buraksezer/consistent gives
@@ -23,7 +22,7 @@ func TestConsistentBaseline(t *testing.T) {
 		for i := range ms {
 			ms[i] = ringMember(members[i])
 		}
-		c := consistent.New(ms, consistent.Config{Hasher: ringHasher{}, PartitionCount: n, ReplicationFactor: rf, Load: load})
+		c := consistent.New(ms, consistent.Config{Hasher: xxhasher{}, PartitionCount: n, ReplicationFactor: rf, Load: load})
 		o := make([]string, n)
 		for vb := range o {
 			o[vb] = c.GetPartitionOwner(vb).String()
@@ -94,11 +93,3 @@ func TestConsistentBaseline(t *testing.T) {
 	}
 	t.Logf("Place, 8 members: distinct replica holders of each member's vbuckets:%s", line)
 }
-
-type ringMember string
-
-func (m ringMember) String() string { return string(m) }
-
-type ringHasher struct{}
-
-func (ringHasher) Sum64(b []byte) uint64 { return xxhash.Sum64(b) }

@@ -27,10 +27,14 @@ import (
 // rows, which the caller owns; it does not block and is safe for concurrent
 // use.
 //
-// How: every (vbucket, member) pair has a score, xxhash of the member name's
-// xxhash and the vbucket number (rendezvous hashing). Vbuckets prefer
-// high-scoring members and members prefer high-scoring vbuckets. Each row
-// position is filled in turn, among the members not already in the row:
+// How: position 0 (the active owner) comes from consistent's ring and is
+// then balanced (fillActive in ring.go), unless there are too few vbuckets
+// for the ring's bounded load; the replica positions, and position 0 in
+// that case, are filled as follows. Every (vbucket, member) pair has a
+// score, xxhash of the member name's xxhash and the vbucket number
+// (rendezvous hashing). Vbuckets prefer high-scoring members and members
+// prefer high-scoring vbuckets. Each row position is filled in turn, among
+// the members not already in the row:
 //
 //  1. Deferred acceptance under capacity hi: each vbucket proposes to its
 //     best remaining member; a member keeps its hi best proposals and turns
@@ -41,8 +45,7 @@ import (
 //
 // On a join the new member takes the vbuckets it scores best on, and those
 // beyond its capacity go back to their next choice, the member that held
-// them before. The rest of what moves comes from the capacities shrinking
-// and from step 2; TestPlaceMovement prints the figures.
+// them before. TestPlaceMovement prints the figures.
 func Place(members []string, n, replicas int) ([][]int, error) {
 	if len(members) == 0 {
 		return nil, ErrNoMembers
@@ -67,7 +70,14 @@ func Place(members []string, n, replicas int) ([][]int, error) {
 	}
 
 	p := newPlacer(members, byName, n, replicas+1)
+	sorted := make([]string, len(byName))
+	for i, idx := range byName {
+		sorted[i] = members[idx]
+	}
 	for pos := 0; pos <= replicas && pos < len(members); pos++ {
+		if pos == 0 && p.fillActive(sorted) {
+			continue
+		}
 		p.fill(pos)
 	}
 	for _, row := range p.rows {

@@ -26,31 +26,18 @@
 // goroutines may use one Map as long as nobody modifies it; treat a Map as
 // immutable once it has been shared.
 //
-// Design note on placement: the design sketch proposed
-// github.com/buraksezer/consistent; Place does not use it, for three reasons
-// (TestConsistentBaseline prints the first two, for node0..node15 and 1024
-// vbuckets):
-//
-//   - Balance: with 64-512 vbuckets a member, which member owns a vbucket is
-//     an independent draw whose binomial spread alone is ±12% at 16
-//     members. consistent's defaults leave owners up to 34% off the fair
-//     share. Of the settings tried (ReplicationFactor 20-1000, Load
-//     1.0-1.25) only Load 1.0 stays within ±10%, and then a join moves 1.36
-//     times the fair share, because the bounded-load pass assigns
-//     partitions in id order and so cascades (Load 1.05: 17% off, 1.16).
-//   - Replicas: GetClosestNForPartition ranks members by the hash of their
-//     names, not per partition, so all vbuckets of one member get the same
-//     replica, and a failover would double one node's load.
-//   - Movement: correcting consistent's owners afterwards (its
-//     ReplicationFactor 1000, Load 1.1, then moving vbuckets from overloaded
-//     to underloaded members by rendezvous score) meets ±10%, but over 300
-//     random sets of 16 member names the worst join of each set moved a
-//     median 1.27 times the fair share, above 1.3 in 31% of the sets; Place
-//     moves a median 1.23 times, above 1.3 in 15% of them.
-//
-// Place is rendezvous hashing under capacities (a capacitated stable
-// matching; see Place), with xxhash: order-independent, balanced by
-// construction, replicas of each member spread over all the others.
+// Design note on placement. Active owners come from
+// github.com/buraksezer/consistent (xxhash, one partition per vbucket, owner
+// = GetPartitionOwner), tuned (ReplicationFactor 500, Load 1.15) and then
+// corrected deterministically into the ±10% band (ring.go): with
+// consistent alone, no setting both kept every member within 10% and moved
+// at most 1.3 times the ideal on a join (TestConsistentBaseline prints its
+// figures; TestPlaceBalance and TestPlaceMovement print ours). Replica
+// positions do not use consistent's GetClosestNForPartition, which ranks
+// members by the hash of their names, not per partition, so all of a
+// member's vbuckets would share one replica and a failover would double one
+// node's load; they are filled by rendezvous hashing under capacities
+// (place.go), which spreads each member's replicas over all the others.
 package vbucket
 
 import (
