@@ -306,3 +306,32 @@ func TestRestartedNodeRejoins(t *testing.T) {
 		t.Fatalf("%d of 5000 keys after the restart", len(got))
 	}
 }
+
+// TestTouchReachesReplica: TOUCH keeps the CAS but changes the expiration;
+// the replica's copy must follow, or a failover would resurrect the old
+// expiration.
+func TestTouchReachesReplica(t *testing.T) {
+	nodes := startCluster(t, 2)
+	m := waitConverged(t, nodes)
+	key, vb := keyOwnedBy(m, func(i int) bool { return i == m.IndexOf("node0") })
+	replica := nodes[1]
+	if m.VBuckets[vb][1] != m.IndexOf(replica.name) {
+		t.Fatalf("vbucket %d row %v: want node1 as its replica", vb, m.VBuckets[vb])
+	}
+	c := dial(t, nodes[0].KVAddr())
+	c.send(protocol.OpSet, 0, key, make([]byte, 8), "v")
+	if st, _ := c.recv(t); st != protocol.StatusOK {
+		t.Fatalf("SET: 0x%02x", st)
+	}
+	exp := make([]byte, 4)
+	binary.BigEndian.PutUint32(exp, 1000)
+	c.send(protocol.OpTouch, 0, key, exp, "")
+	if st, _ := c.recv(t); st != protocol.StatusOK {
+		t.Fatalf("TOUCH: 0x%02x", st)
+	}
+	_, primary, _ := nodes[0].Store().GetWithMeta([]byte(key), nil)
+	_, copied, ok := replica.Store().GetWithMeta([]byte(key), nil)
+	if !ok || copied.Exp != primary.Exp || copied.Exp == 0 || copied.CAS != primary.CAS {
+		t.Fatalf("replica holds %+v (found %v); active holds %+v", copied, ok, primary)
+	}
+}

@@ -68,12 +68,14 @@ func newReplicator(s *Server, n int, syncRepl bool) *replicator {
 }
 
 // mutates reports whether op changes an item, so that its vbucket's
-// streams must carry the result. (TOUCH and GAT change only the expiration
-// and keep the CAS; they are not streamed.)
+// streams must carry the result. TOUCH and GAT change the expiration only
+// and keep the CAS; receivers apply such a copy because its expiration
+// differs (store.SetWithMeta).
 func mutates(op protocol.Opcode) bool {
 	switch op.Loud() {
 	case protocol.OpSet, protocol.OpAdd, protocol.OpReplace, protocol.OpDelete,
-		protocol.OpIncrement, protocol.OpDecrement, protocol.OpAppend, protocol.OpPrepend:
+		protocol.OpIncrement, protocol.OpDecrement, protocol.OpAppend, protocol.OpPrepend,
+		protocol.OpTouch, protocol.OpGAT, protocol.OpGATK:
 		return true
 	}
 	return false

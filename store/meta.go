@@ -10,8 +10,9 @@ import "unsafe"
 // vbucket hands out CAS values above every one it has received.
 
 // SetWithMeta stores key = value with meta m (including its CAS) unless the
-// store holds the key with a CAS at or above m.CAS. It reports whether it
-// stored. An expiration in the past removes an older item instead. Errors
+// store holds the key with a CAS above m.CAS, or with m.CAS itself and the
+// same expiration (a copy of the same write; one with another expiration
+// carries a TOUCH, which keeps the CAS). It reports whether it stored. An expiration in the past removes an older item instead. Errors
 // are those of Set: ErrTooLarge, ErrNoMemory.
 func (s *Store) SetWithMeta(key, value []byte, m Meta) (bool, error) {
 	if err := s.checkSize(len(key) + len(value)); err != nil {
@@ -23,7 +24,7 @@ func (s *Store) SetWithMeta(key, value []byte, m Meta) (bool, error) {
 	sh, idx := s.shardFor(key)
 	sh.mu.Lock()
 	e := s.lookup(sh, key, now)
-	if e != nil && e.cas >= m.CAS {
+	if e != nil && (e.cas > m.CAS || e.cas == m.CAS && e.exp == m.Exp) {
 		sh.mu.Unlock()
 		return false, nil
 	}

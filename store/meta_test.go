@@ -19,7 +19,7 @@ func TestSetWithMetaNewestWins(t *testing.T) {
 	}{
 		{"absent key", "v10", 10, true, "v10"},
 		{"older copy", "v5", 5, false, "v10"},
-		{"same CAS", "again", 10, false, "v10"},
+		{"same CAS, same expiration", "again", 10, false, "v10"},
 		{"newer copy", "v20", 20, true, "v20"},
 	}
 	for _, tt := range tests {
@@ -78,5 +78,19 @@ func TestKeysAndDeleteWhere(t *testing.T) {
 	checkInvariants(t, s)
 	if v, _, ok := s.Get([]byte("b1"), nil); !ok || !bytes.Equal(v, []byte("y")) {
 		t.Fatal("DeleteWhere removed a non-matching item")
+	}
+}
+
+// TestSetWithMetaCarriesTouch: a TOUCH keeps the CAS, so its copy has the
+// item's CAS and a new expiration, and must be applied.
+func TestSetWithMetaCarriesTouch(t *testing.T) {
+	s, _ := newTestStore(t, Config{})
+	k := []byte("k")
+	s.SetWithMeta(k, []byte("v"), Meta{CAS: 10})
+	if ok, _ := s.SetWithMeta(k, []byte("v"), Meta{CAS: 10, Exp: t0 + 100}); !ok {
+		t.Fatal("a touched copy was refused")
+	}
+	if _, m, _ := s.Get(k, nil); m.Exp != t0+100 || m.CAS != 10 {
+		t.Fatalf("meta %+v, want the new expiration and CAS 10", m)
 	}
 }
