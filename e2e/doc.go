@@ -21,6 +21,8 @@
 //	                      node, to check the harness itself; TestAuth skips.
 //	E2E_DIRECT=1          connect clients straight to the server, without
 //	                      the tap.
+//	E2E_NODE_ARGS="..."   extra flags for every node of the cluster tests,
+//	                      e.g. "-vbuckets 64 -log-level debug".
 //
 // The clients are Debian packages; scripts/test.sh installs them. A missing
 // client fails its test with the name of the package to install.
