@@ -421,11 +421,14 @@ func (c *Cluster) coordinate() {
 		return
 	}
 	alive := make(map[string]bool, len(live))
-	var servers []vbucket.Server
+	var servers, leavers []vbucket.Server
 	for _, m := range live {
 		alive[m.name] = true
-		if !m.meta.Leaving {
-			servers = append(servers, vbucket.Server{Name: m.name, KV: m.meta.KV, HTTP: m.meta.HTTP})
+		s := vbucket.Server{Name: m.name, KV: m.meta.KV, HTTP: m.meta.HTTP}
+		if m.meta.Leaving {
+			leavers = append(leavers, s)
+		} else {
+			servers = append(servers, s)
 		}
 	}
 	if len(servers) == 0 {
@@ -435,6 +438,23 @@ func (c *Cluster) coordinate() {
 	if err != nil {
 		c.log.Error("computing placement", "err", err)
 		return
+	}
+	if cur := c.cur.Load(); cur != nil {
+		// A leaving node that is still in the map stays in its server
+		// list, holding nothing, until it is gone: clients told by its
+		// NOT_MY_VBUCKET answers keep their connection to it while they
+		// retry elsewhere, instead of dropping it under requests in flight.
+		var keep []vbucket.Server
+		for _, s := range leavers {
+			if cur.IndexOf(s.Name) >= 0 {
+				keep = append(keep, s)
+			}
+		}
+		if len(keep) > 0 {
+			t := *target
+			t.Servers = append(slices.Clone(target.Servers), keep...)
+			target = &t
+		}
 	}
 	cur := c.cur.Load()
 	if next := nextMap(cur, target, alive, c.ready); next != nil {
@@ -540,14 +560,15 @@ func (c *Cluster) ReportReady(rev int64) {
 }
 
 // Leave asks the coordinator to move this node's vbuckets to the others
-// and blocks until a map without this node is published or ctx ends. It
+// and blocks until a map in which this node holds nothing is published, or
+// ctx ends. It
 // returns at once, with nothing handed over, if every other member is
 // leaving too (or there is none): there is no one to hand over to.
 func (c *Cluster) Leave(ctx context.Context) error {
 	c.leaving.Store(true)
 	c.wake()
 	for {
-		if m := c.cur.Load(); m == nil || m.IndexOf(c.cfg.Name) < 0 {
+		if m := c.cur.Load(); m == nil || holdsNothing(m, m.IndexOf(c.cfg.Name)) {
 			return nil
 		}
 		if !c.othersStaying() {
@@ -560,6 +581,20 @@ func (c *Cluster) Leave(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// holdsNothing reports whether server i (-1: not in m) appears in no row
+// and no forward row of m.
+func holdsNothing(m *vbucket.Map, i int) bool {
+	if i < 0 {
+		return true
+	}
+	for vb := range m.VBuckets {
+		if slices.Contains(m.VBuckets[vb], i) || len(m.Forward) > 0 && slices.Contains(m.Forward[vb], i) {
+			return false
+		}
+	}
+	return true
 }
 
 // othersStaying reports whether a live member other than this node is not

@@ -29,11 +29,9 @@ import (
 // it may or may not have been applied; gocbcore's unambiguous timeouts are
 // known never to have been sent and do not count as such). Anything else,
 // an older value or a miss, is a wrong value and fails the test. Operations
-// may fail only with the errors gocbcore classifies as timeouts or
-// temporary failures, or because the leaving node closed its connections
-// under them (see rbAllowedKinds); they are counted by kind and phase and
-// logged. With its default retry strategy the agent retries NOT_MY_VBUCKET
-// itself.
+// may fail only with a temporary failure or busy (see rbAllowedKinds);
+// errors are counted by kind and phase and logged. With its default retry
+// strategy the agent retries NOT_MY_VBUCKET itself.
 //
 // After the survivors settle the workload stops, and every key must read,
 // through the agent, as its last acknowledged Set. A wrong value names the
@@ -758,15 +756,14 @@ func rbDispatchedTo(err error) string {
 	return ""
 }
 
-// rbAllowedKinds are the error kinds the workload may meet: gocbcore's
-// timeouts (including NOT_MY_VBUCKET retried until the deadline),
-// temporary failures, and the leaving node's connections closing under
-// operations (see rbByLeaver).
+// rbAllowedKinds are the error kinds the workload may meet: what the
+// issue allows a vbucket-aware client during a rebalance, a brief
+// temporary failure (0x86) or busy; NOT_MY_VBUCKET the agent retries
+// itself. Timeouts and connections closing under operations are failures:
+// a leaving node stays in the map, holding nothing, until it has gone, so
+// clients keep their connection to it while they retry elsewhere.
 var rbAllowedKinds = map[string]bool{
-	"ambiguous timeout": true, "unambiguous timeout": true, "timeout": true,
 	"temporary failure": true, "busy": true,
-	"socket closed" + rbByLeaver: true, "connection reset" + rbByLeaver: true, "broken pipe" + rbByLeaver: true,
-	"memdclient closed" + rbWhileLeaving: true,
 }
 
 // rbErrKind names the kind of a gocbcore error.
