@@ -34,6 +34,7 @@ func FuzzStore(f *testing.F) {
 			now     = t0
 			maxOps  = 256
 			numKeys = 6
+			numOps  = 14 // ops 0-11: a client's commands; 12, 13: copies from other nodes
 		)
 		s, _ := newTestStore(t, Config{MemoryLimit: 1 << 30, Shards: 2})
 		model := map[string]*modelItem{}
@@ -70,11 +71,17 @@ func FuzzStore(f *testing.F) {
 				value = bytes.Repeat([]byte{'a' + a1%26}, int(a1>>1)%5)
 			}
 			flags := uint32(a2 & 0xf)
-			desc := fmt.Sprintf("op %d key %s value %q flags %d exp %d cas %d", op%12, key, value, flags, exp, cas)
+			desc := fmt.Sprintf("op %d key %s value %q flags %d exp %d cas %d", op%numOps, key, value, flags, exp, cas)
+			// copyCAS is the CAS of a copy from another node (ops 12, 13):
+			// just below, at or just above the held item's, or new.
+			copyCAS := lastCAS + 1
+			if cur != nil && a1&3 != 3 {
+				copyCAS = max(1, cur.cas+uint64(a1&3)-1)
+			}
 
-			switch op % 12 {
+			switch op % numOps {
 			case 0, 1, 2, 3, 4: // set, add, replace, append, prepend
-				mode := Mode(op % 12)
+				mode := Mode(op % numOps)
 				var want error
 				switch {
 				case mode == ModeAdd && cur != nil:
@@ -121,7 +128,7 @@ func FuzzStore(f *testing.F) {
 					delete(model, string(key))
 				}
 			case 6, 7: // incr, decr
-				incr := op%12 == 6
+				incr := op%numOps == 6
 				delta := [8]uint64{0, 1, 2, 7, 100, 1 << 63, 1<<64 - 1, 1<<64 - 2}[a1&7]
 				initial := [4]uint64{0, 5, 1<<64 - 1, 42}[a1>>3&3]
 				create := a1&0x20 != 0
@@ -176,7 +183,7 @@ func FuzzStore(f *testing.F) {
 				var got []byte
 				var m Meta
 				var ok bool
-				if op%12 == 9 {
+				if op%numOps == 9 {
 					got, m, ok = s.Get(key, []byte("prefix"))
 				} else {
 					got, m, ok = s.GetAndTouch(key, exp, []byte("prefix"))
@@ -187,7 +194,7 @@ func FuzzStore(f *testing.F) {
 				if !ok {
 					break
 				}
-				if op%12 == 10 {
+				if op%numOps == 10 {
 					cur.exp = exp
 				}
 				if want := append([]byte("prefix"), cur.value...); !bytes.Equal(got, want) {
@@ -200,6 +207,29 @@ func FuzzStore(f *testing.F) {
 			case 11: // flush
 				s.Flush(now)
 				clear(model)
+			case 12: // a copy from another node: newest CAS wins
+				stale := cur != nil && (cur.cas > copyCAS || cur.cas == copyCAS && cur.exp == exp)
+				ok, err := s.SetWithMeta(key, value, Meta{Flags: flags, DataType: 2, Exp: exp, CAS: copyCAS})
+				if err != nil || ok == stale {
+					t.Fatalf("%s copyCAS %d: SetWithMeta = %v, %v; held %+v", desc, copyCAS, ok, err, cur)
+				}
+				lastCAS = max(lastCAS, copyCAS)
+				switch {
+				case stale:
+				case exp != 0 && exp <= now:
+					delete(model, string(key))
+				default:
+					model[string(key)] = &modelItem{bytes.Clone(value), flags, 2, exp, copyCAS}
+				}
+			case 13: // a deletion from another node
+				want := cur != nil && cur.cas < copyCAS
+				if got := s.DeleteWithMeta(key, copyCAS); got != want {
+					t.Fatalf("%s copyCAS %d: DeleteWithMeta = %v, want %v; held %+v", desc, copyCAS, got, want, cur)
+				}
+				lastCAS = max(lastCAS, copyCAS)
+				if want {
+					delete(model, string(key))
+				}
 			}
 		}
 		checkInvariants(t, s)
