@@ -131,37 +131,11 @@ func (c *conn) assemble() {
 // resolve appends the client's response for slot s to out.
 func (c *conn) resolve(s *slot, out []byte) []byte {
 	req, _, _ := protocol.Parse(s.frame, protocol.MagicRequest, ^uint32(0))
-	if s.fan != nil {
-		for _, cl := range s.fan {
-			if resp, err := wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
-				c.srv.log.Debug("cluster flush incomplete", "err", err)
-				return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
-			}
-		}
-		if req.Opcode.IsQuiet() {
-			return out
-		}
-		return protocol.AppendHeader(out, protocol.MagicResponse, req.Opcode, 0, 0, 0, 0, 0, req.Opaque, 0)
-	}
-	if s.repl != nil {
-		moved := false
-		for _, cl := range s.repl {
-			resp, err := wait(cl)
-			switch {
-			case errors.Is(err, errForwardTimeout):
-				c.srv.log.Warn("replica copy unacknowledged", "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout)
-				c.srv.stats.replErrors.Add(1)
-			case err != nil:
-				// The receiver is unreachable: the write stands here and
-				// the node will be failed over; count it.
-				c.srv.stats.replErrors.Add(1)
-			case respStatus(resp) == protocol.StatusNotMyVBucket:
-				moved = true
-			case respStatus(resp) != protocol.StatusOK:
-				c.srv.stats.replErrors.Add(1)
-			}
-		}
-		if !moved {
+	switch {
+	case s.fan != nil:
+		return c.resolveFlush(s, &req, out)
+	case s.repl != nil:
+		if !c.copiesRefused(s, &req) {
 			return append(out, s.local...)
 		}
 		// A receiver holds the vbucket active: this node's map is stale
@@ -173,6 +147,50 @@ func (c *conn) resolve(s *slot, out []byte) []byte {
 			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
 		}
 	}
+	return c.resolveForward(s, &req, out)
+}
+
+// resolveFlush answers a cluster-wide FLUSH once every node has.
+func (c *conn) resolveFlush(s *slot, req *protocol.Request, out []byte) []byte {
+	for _, cl := range s.fan {
+		if resp, err := wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
+			c.srv.log.Debug("cluster flush incomplete", "err", err)
+			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
+		}
+	}
+	if req.Opcode.IsQuiet() {
+		return out
+	}
+	return protocol.AppendHeader(out, protocol.MagicResponse, req.Opcode, 0, 0, 0, 0, 0, req.Opaque, 0)
+}
+
+// copiesRefused waits for the acknowledgements of a local write's copies
+// and reports whether a receiver refused one as NOT_MY_VBUCKET. Receivers
+// that fail or cannot be reached are counted, not waited for again: the
+// write stands here and the cluster fails such a node over.
+func (c *conn) copiesRefused(s *slot, req *protocol.Request) bool {
+	refused := false
+	for _, cl := range s.repl {
+		resp, err := wait(cl)
+		switch {
+		case errors.Is(err, errForwardTimeout):
+			c.srv.log.Warn("replica copy unacknowledged", "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout)
+			c.srv.stats.replErrors.Add(1)
+		case err != nil:
+			c.srv.stats.replErrors.Add(1)
+		case respStatus(resp) == protocol.StatusNotMyVBucket:
+			refused = true
+		case respStatus(resp) != protocol.StatusOK:
+			c.srv.stats.replErrors.Add(1)
+		}
+	}
+	return refused
+}
+
+// resolveForward waits for the owner's answer to a forwarded request and
+// translates it; a request the receiver disowns is routed again by a newer
+// map, at most forwardTries times, never via the receiver's forwarding.
+func (c *conn) resolveForward(s *slot, req *protocol.Request, out []byte) []byte {
 	for try := 1; ; try++ {
 		resp, err := wait(s.call)
 		if err != nil {
@@ -184,20 +202,18 @@ func (c *conn) resolve(s *slot, out []byte) []byte {
 			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
 		}
 		if respStatus(resp) != protocol.StatusNotMyVBucket {
-			return translate(out, resp, &req)
+			return translate(out, resp, req)
 		}
 		if try == forwardTries {
 			c.srv.log.Debug("forward: owner keeps disowning", "op", req.Opcode, "vb", s.vb, "rev", s.rev)
 			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
 		}
-		// The receiver does not hold the vbucket: route again by a newer
-		// map, never via the receiver's forwarding.
 		rt := c.reroute(s)
 		if rt == nil {
 			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
 		}
 		if rt.local(s.vb) {
-			return c.serveLocal(&req, out)
+			return c.serveLocal(req, out)
 		}
 	}
 }
