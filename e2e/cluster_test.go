@@ -69,7 +69,22 @@ type clusterView struct {
 			HTTP string `json:"http"`
 		} `json:"servers"`
 		VBuckets [][]int `json:"vbuckets"`
+		Forward  [][]int `json:"forward"` // set while a rebalance moves vbuckets
 	} `json:"map"`
+	Progress struct {
+		VBucketsMoving int `json:"vbuckets_moving"`
+	} `json:"progress"`
+}
+
+// owners names the servers of vb's row, active first.
+func (v *clusterView) owners(vb uint16) string {
+	var names []string
+	for _, i := range v.Map.VBuckets[vb] {
+		if i >= 0 && i < len(v.Map.Servers) {
+			names = append(names, v.Map.Servers[i].Name)
+		}
+	}
+	return strings.Join(names, ",")
 }
 
 type clusterMember struct {
@@ -226,21 +241,22 @@ func httpGet(ctx context.Context, addr, path string) ([]byte, int, error) {
 	return body, resp.StatusCode, err
 }
 
-// clusterProblems says what keeps nodes from agreeing, or nothing: every
-// node answers /healthz 200 and /cluster with all the nodes alive, one rev
-// everywhere, a map listing every node, and every member owning active
-// vbuckets that add up to all of them. It returns the views it read.
+// clusterProblems says what keeps nodes from one settled map, or nothing:
+// every node answers /healthz 200 and /cluster with exactly these nodes
+// alive (members that left or died may still be listed), one rev
+// everywhere, no forward map, a map whose servers are exactly these nodes
+// at their kv addresses with one row per vbucket, and every alive member
+// owning active vbuckets that add up to all of them. It returns the views
+// it read.
 func clusterProblems(ctx context.Context, nodes []*clusterNode) ([]string, []*clusterView) {
-	var want []string
+	want := map[string]string{} // name -> kv
+	var names []string
 	for _, nd := range nodes {
-		want = append(want, nd.name)
+		want[nd.name] = nd.kv
+		names = append(names, nd.name)
 	}
-	slices.Sort(want)
-	var (
-		problems  []string
-		first     *clusterView // the first view read, to compare revs with
-		firstName string
-	)
+	slices.Sort(names)
+	var problems []string
 	views := make([]*clusterView, len(nodes))
 	for i, nd := range nodes {
 		if _, status, err := httpGet(ctx, nd.http, "/healthz"); err != nil || status != http.StatusOK {
@@ -256,28 +272,41 @@ func clusterProblems(ctx context.Context, nodes []*clusterNode) ([]string, []*cl
 		var alive []string
 		active := 0
 		for _, m := range v.Members {
-			if m.State == "alive" {
-				alive = append(alive, m.Name)
+			if m.State != "alive" {
+				continue
 			}
+			alive = append(alive, m.Name)
 			active += m.ActiveVBuckets
 			if m.ActiveVBuckets == 0 {
-				problems = append(problems, fmt.Sprintf("%s: member %s owns no active vbucket", nd.name, m.Name))
+				problems = append(problems, fmt.Sprintf("%s: alive member %s owns no active vbucket", nd.name, m.Name))
 			}
 		}
 		slices.Sort(alive)
-		if !slices.Equal(alive, want) {
-			problems = append(problems, fmt.Sprintf("%s: alive members %v, want %v", nd.name, alive, want))
+		if !slices.Equal(alive, names) {
+			problems = append(problems, fmt.Sprintf("%s: alive members %v, want %v", nd.name, alive, names))
 		}
 		if v.VBuckets <= 0 || active != v.VBuckets {
-			problems = append(problems, fmt.Sprintf("%s: active vbuckets add up to %d of %d", nd.name, active, v.VBuckets))
+			problems = append(problems, fmt.Sprintf("%s: active vbuckets of alive members add up to %d of %d", nd.name, active, v.VBuckets))
 		}
-		if len(v.Map.Servers) != len(nodes) {
-			problems = append(problems, fmt.Sprintf("%s: map lists %d servers, want %d", nd.name, len(v.Map.Servers), len(nodes)))
+		if len(v.Map.Forward) > 0 {
+			problems = append(problems, fmt.Sprintf("%s: map rev %d has a forward map (%d vbuckets moving)", nd.name, v.Map.Rev, v.Progress.VBucketsMoving))
 		}
-		if first == nil {
-			first, firstName = v, nd.name
-		} else if v.Rev != first.Rev {
-			problems = append(problems, fmt.Sprintf("%s: rev %d, %s has rev %d", nd.name, v.Rev, firstName, first.Rev))
+		var servers []string
+		for _, s := range v.Map.Servers {
+			servers = append(servers, s.Name)
+			if kv, ok := want[s.Name]; ok && kv != s.KV {
+				problems = append(problems, fmt.Sprintf("%s: map server %s has kv %s, want %s", nd.name, s.Name, s.KV, kv))
+			}
+		}
+		slices.Sort(servers)
+		if !slices.Equal(servers, names) {
+			problems = append(problems, fmt.Sprintf("%s: map rev %d servers %v, want %v", nd.name, v.Map.Rev, servers, names))
+		}
+		if len(v.Map.VBuckets) != v.VBuckets {
+			problems = append(problems, fmt.Sprintf("%s: map has %d rows, want %d", nd.name, len(v.Map.VBuckets), v.VBuckets))
+		}
+		if first := views[0]; first != nil && v.Rev != first.Rev {
+			problems = append(problems, fmt.Sprintf("%s: rev %d, %s has rev %d", nd.name, v.Rev, nodes[0].name, first.Rev))
 		}
 	}
 	return problems, views

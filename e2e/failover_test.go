@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -178,78 +176,14 @@ func (fc *failoverCluster) checkRunning() {
 	}
 }
 
-// settledProblems says what keeps the survivors from reporting a settled
-// map, or nothing: each answers /cluster with exactly the names of
-// survivors alive, a map whose servers are those names, no "forward" key
-// in the map, active vbuckets adding up to all of them, and one rev.
-func settledProblems(ctx context.Context, survivors []*clusterNode) ([]string, []*clusterView) {
-	var want []string
-	for _, nd := range survivors {
-		want = append(want, nd.name)
-	}
-	slices.Sort(want)
-	var problems []string
-	views := make([]*clusterView, len(survivors))
-	for i, nd := range survivors {
-		body, status, err := httpGet(ctx, nd.http, "/cluster")
-		if err != nil || status != 200 {
-			problems = append(problems, fmt.Sprintf("%s: GET /cluster: status %d, err %v", nd.name, status, err))
-			continue
-		}
-		var v clusterView
-		var raw struct {
-			Map map[string]json.RawMessage `json:"map"`
-		}
-		if err := json.Unmarshal(body, &v); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: /cluster: %v", nd.name, err))
-			continue
-		}
-		if err := json.Unmarshal(body, &raw); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: /cluster map: %v", nd.name, err))
-			continue
-		}
-		views[i] = &v
-		if _, ok := raw.Map["forward"]; ok {
-			problems = append(problems, fmt.Sprintf("%s: map rev %d has a forward map (rebalance in progress)", nd.name, v.Rev))
-		}
-		var alive, servers []string
-		active := 0
-		for _, m := range v.Members {
-			if m.State == "alive" {
-				alive = append(alive, m.Name)
-			}
-			active += m.ActiveVBuckets
-		}
-		for _, s := range v.Map.Servers {
-			servers = append(servers, s.Name)
-		}
-		slices.Sort(alive)
-		slices.Sort(servers)
-		if !slices.Equal(alive, want) {
-			problems = append(problems, fmt.Sprintf("%s: alive members %v, want %v", nd.name, alive, want))
-		}
-		if !slices.Equal(servers, want) {
-			problems = append(problems, fmt.Sprintf("%s: map servers %v, want %v", nd.name, servers, want))
-		}
-		if v.VBuckets <= 0 || active != v.VBuckets || len(v.Map.VBuckets) != v.VBuckets {
-			problems = append(problems, fmt.Sprintf("%s: active vbuckets add up to %d, map has %d rows, want %d",
-				nd.name, active, len(v.Map.VBuckets), v.VBuckets))
-		}
-		if i > 0 && views[0] != nil && v.Rev != views[0].Rev {
-			problems = append(problems, fmt.Sprintf("%s: rev %d, %s has rev %d", nd.name, v.Rev, survivors[0].name, views[0].Rev))
-		}
-	}
-	return problems, views
-}
-
-// waitSettled polls the survivors until settledProblems finds none, bounded
+// waitSettled polls the survivors until clusterProblems finds none, bounded
 // by timeout, and returns the first survivor's view.
 func (fc *failoverCluster) waitSettled(survivors []*clusterNode, timeout time.Duration) *clusterView {
 	t := fc.t
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		problems, views := settledProblems(t.Context(), survivors)
+		problems, views := clusterProblems(t.Context(), survivors)
 		if len(problems) == 0 {
 			return views[0]
 		}

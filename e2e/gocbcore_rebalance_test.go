@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -196,7 +193,7 @@ type rbCluster struct {
 	mu    sync.Mutex // guards nodes and left against the cleanup
 	nodes []*clusterNode
 	left  map[*clusterNode]bool // stopped by the test, exit already checked
-	first *rbView               // the settled view of the first nodes
+	first *clusterView          // the settled view of the first nodes
 }
 
 // startRebalanceCluster starts n nodes as startCluster does (node0 first,
@@ -290,111 +287,16 @@ func (rc *rbCluster) leave(t *testing.T, nd *clusterNode, timeout time.Duration)
 	}
 }
 
-// rbView is the part of GET /cluster that says whether a map is settled;
-// clusterView leaves out the forward map.
-type rbView struct {
-	clusterView
-	Map struct {
-		Rev     int64 `json:"rev"`
-		Servers []struct {
-			Name string `json:"name"`
-			KV   string `json:"kv"`
-		} `json:"servers"`
-		VBuckets [][]int `json:"vbuckets"`
-		Forward  [][]int `json:"forward"`
-	} `json:"map"`
-	Progress struct {
-		VBucketsMoving int `json:"vbuckets_moving"`
-	} `json:"progress"`
-}
-
-// rbSettledProblems says what keeps nodes from one settled map, or nothing:
-// every node answers /healthz 200 and /cluster with exactly these nodes
-// alive (members that left or died may still be listed), one rev
-// everywhere, no forward map, a map whose servers are exactly these nodes
-// at their kv addresses, and every alive member owning active vbuckets
-// that add up to all of them.
-func rbSettledProblems(ctx context.Context, nodes []*clusterNode) ([]string, []*rbView) {
-	want := map[string]string{} // name -> kv
-	var names []string
-	for _, nd := range nodes {
-		want[nd.name] = nd.kv
-		names = append(names, nd.name)
-	}
-	slices.Sort(names)
-	var problems []string
-	views := make([]*rbView, len(nodes))
-	for i, nd := range nodes {
-		if _, status, err := httpGet(ctx, nd.http, "/healthz"); err != nil || status != http.StatusOK {
-			problems = append(problems, fmt.Sprintf("%s: /healthz: status %d, err %v", nd.name, status, err))
-			continue
-		}
-		var v rbView
-		body, status, err := httpGet(ctx, nd.http, "/cluster")
-		if err == nil && status != http.StatusOK {
-			err = fmt.Errorf("status %d: %.200s", status, body)
-		}
-		if err == nil {
-			err = json.Unmarshal(body, &v)
-		}
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: GET /cluster: %v", nd.name, err))
-			continue
-		}
-		views[i] = &v
-		var alive []string
-		active := 0
-		for _, m := range v.Members {
-			if m.State != "alive" {
-				continue
-			}
-			alive = append(alive, m.Name)
-			active += m.ActiveVBuckets
-			if m.ActiveVBuckets == 0 {
-				problems = append(problems, fmt.Sprintf("%s: alive member %s owns no active vbucket", nd.name, m.Name))
-			}
-		}
-		slices.Sort(alive)
-		if !slices.Equal(alive, names) {
-			problems = append(problems, fmt.Sprintf("%s: alive members %v, want %v", nd.name, alive, names))
-		}
-		if v.VBuckets <= 0 || active != v.VBuckets {
-			problems = append(problems, fmt.Sprintf("%s: active vbuckets of alive members add up to %d of %d", nd.name, active, v.VBuckets))
-		}
-		if len(v.Map.Forward) > 0 {
-			problems = append(problems, fmt.Sprintf("%s: map rev %d has a forward map (%d vbuckets moving)", nd.name, v.Map.Rev, v.Progress.VBucketsMoving))
-		}
-		var servers []string
-		for _, s := range v.Map.Servers {
-			servers = append(servers, s.Name)
-			if kv, ok := want[s.Name]; ok && kv != s.KV {
-				problems = append(problems, fmt.Sprintf("%s: map server %s has kv %s, want %s", nd.name, s.Name, s.KV, kv))
-			}
-		}
-		slices.Sort(servers)
-		if !slices.Equal(servers, names) {
-			problems = append(problems, fmt.Sprintf("%s: map rev %d servers %v, want %v", nd.name, v.Map.Rev, servers, names))
-		}
-		if len(v.Map.VBuckets) != v.VBuckets {
-			problems = append(problems, fmt.Sprintf("%s: map has %d rows, want %d", nd.name, len(v.Map.VBuckets), v.VBuckets))
-		}
-		if first := views[0]; first != nil && v.Rev != first.Rev {
-			problems = append(problems, fmt.Sprintf("%s: rev %d, %s has rev %d", nd.name, v.Rev, nodes[0].name, first.Rev))
-		}
-	}
-	return problems, views
-}
-
-// waitSettled polls nodes until rbSettledProblems finds none and returns the
+// waitSettled polls nodes until clusterProblems finds none and returns the
 // first node's view. It fails the test if one of them exits or timeout
 // passes, with what still disagreed and every node's last view.
-func (rc *rbCluster) waitSettled(t *testing.T, nodes []*clusterNode, timeout time.Duration) *rbView {
+func (rc *rbCluster) waitSettled(t *testing.T, nodes []*clusterNode, timeout time.Duration) *clusterView {
 	t.Helper()
 	start := time.Now()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		problems, views := rbSettledProblems(t.Context(), nodes)
+		problems, views := clusterProblems(t.Context(), nodes)
 		if len(problems) == 0 {
 			return views[0]
 		}
@@ -421,28 +323,6 @@ func (rc *rbCluster) waitSettled(t *testing.T, nodes []*clusterNode, timeout tim
 		case <-tick.C:
 		}
 	}
-}
-
-// summary renders the view in one line, with the map's own rev and
-// servers (rbView's Map shadows clusterView's).
-func (v *rbView) summary() string {
-	var ms []string
-	for _, m := range v.Members {
-		ms = append(ms, fmt.Sprintf("%s:%s/a%d/r%d", m.Name, m.State, m.ActiveVBuckets, m.ReplicaVBuckets))
-	}
-	return fmt.Sprintf("node=%s rev=%d map.rev=%d map.servers=%d coordinator=%s members=[%s]",
-		v.Node, v.Rev, v.Map.Rev, len(v.Map.Servers), v.Coordinator, strings.Join(ms, " "))
-}
-
-// owners names the servers of vb's row, active first.
-func (v *rbView) owners(vb uint16) string {
-	var names []string
-	for _, i := range v.Map.VBuckets[vb] {
-		if i >= 0 && i < len(v.Map.Servers) {
-			names = append(names, v.Map.Servers[i].Name)
-		}
-	}
-	return strings.Join(names, ",")
 }
 
 // rbValue is a state a key may hold: a value, or absent.
@@ -852,7 +732,7 @@ func (w *rbWorkload) report(t *testing.T) {
 // stopped: each must hold its last acknowledged value (or the value of a
 // failed Set after it, which is logged). A read failing with an allowed
 // error is retried up to rbFinalTries times.
-func (w *rbWorkload) checkFinal(t *testing.T, v *rbView, timeout time.Duration) {
+func (w *rbWorkload) checkFinal(t *testing.T, v *clusterView, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var wrong, unreadable, fromFailed []string
