@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 )
@@ -29,6 +30,9 @@ func benchStore(b *testing.B, limit int64, size int) (*Store, [][]byte) {
 			b.Fatal(err)
 		}
 	}
+	// Visit the keys in random order, as clients do: insertion order
+	// would favour a store that lays items out in it.
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
 	return s, keys
 }
 

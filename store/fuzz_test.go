@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"testing"
 )
@@ -259,5 +260,100 @@ func checkMeta(t *testing.T, desc string, m Meta, it *modelItem) {
 	want := Meta{Flags: it.flags, DataType: it.dataType, Exp: it.exp, CAS: it.cas}
 	if m != want {
 		t.Fatalf("%s: meta %+v, want %+v", desc, m, want)
+	}
+}
+
+// FuzzEviction runs operations on a store too small for them, so that its
+// ring wraps, pads its end, evicts and gives second chances all the time,
+// and checks after every operation that the ring is well formed and that
+// the store never returns anything but the last value written under a key.
+// An item may vanish (evicted), but once gone it stays gone until written
+// again.
+//
+// The first byte sets the memory limit; then each operation takes 3 bytes:
+// op, key, size.
+func FuzzEviction(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 200, 0, 1, 200, 1, 0, 0, 0, 2, 250, 0, 3, 9, 1, 0, 0})
+	f.Add([]byte{7, 0, 0, 10, 2, 0, 100, 2, 0, 100, 1, 0, 0, 3, 0, 0, 0, 1, 255})
+	f.Fuzz(checkEviction)
+}
+
+// TestEvictionRandom runs FuzzEviction's check on long random inputs.
+func TestEvictionRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 50 {
+		input := make([]byte, 1+3*300)
+		for i := range input {
+			input[i] = byte(r.Uint32())
+		}
+		checkEviction(t, input)
+	}
+}
+
+func checkEviction(t *testing.T, input []byte) {
+	if len(input) == 0 {
+		return
+	}
+	// The first byte sets the ring's size, which moves where records
+	// meet its end.
+	limit := 1700 + 8*int64(input[0])
+	input = input[1:]
+	{
+		const numKeys = 16
+		s, _ := newTestStore(t, Config{MemoryLimit: limit, MaxItemSize: 400, Shards: 1})
+		model := map[string][]byte{} // the last value written; absent: gone
+		for n := 0; len(input) >= 3 && n < 300; n++ {
+			op, k, size := input[0], input[1], int(input[2])
+			input = input[3:]
+			key := fmt.Appendf(nil, "key%d", k%numKeys)
+			value := bytes.Repeat([]byte{'a' + byte(n%26)}, size)
+			want, known := model[string(key)]
+			switch op % 5 {
+			case 0: // set
+				if _, err := s.Set(ModeSet, key, value, 0, 0, 0, 0); err != nil {
+					t.Fatalf("set %s (%d bytes): %v", key, size, err)
+				}
+				model[string(key)] = value
+			case 1: // get
+				got, _, ok := s.Get(key, nil)
+				switch {
+				case ok && !known:
+					t.Fatalf("get %s = %d bytes, want a miss", key, len(got))
+				case ok && !bytes.Equal(got, want):
+					t.Fatalf("get %s = %q, want %q", key, got, want)
+				case !ok:
+					delete(model, string(key))
+				}
+			case 2: // append
+				_, err := s.Set(ModeAppend, key, value[:size/4], 0, 0, 0, 0)
+				switch {
+				case err == nil && !known:
+					t.Fatalf("append to %s, which is gone, succeeded", key)
+				case err == nil:
+					model[string(key)] = append(bytes.Clone(want), value[:size/4]...)
+				case errors.Is(err, ErrNotStored), errors.Is(err, ErrTooLarge):
+					if errors.Is(err, ErrNotStored) {
+						delete(model, string(key))
+					}
+				default:
+					t.Fatalf("append to %s: %v", key, err)
+				}
+			case 3: // delete
+				if err := s.Delete(key, 0); err == nil && !known {
+					t.Fatalf("delete %s, which is gone, succeeded", key)
+				}
+				delete(model, string(key))
+			case 4: // touch: marks the item read, like a get
+				if _, ok := s.Touch(key, 0); ok && !known {
+					t.Fatalf("touch %s, which is gone, succeeded", key)
+				} else if !ok {
+					delete(model, string(key))
+				}
+			}
+			checkInvariants(t, s)
+			if st := s.Stats(); st.Bytes > uint64(limit) {
+				t.Fatalf("Bytes %d over the limit %d", st.Bytes, limit)
+			}
+		}
 	}
 }

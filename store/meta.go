@@ -1,6 +1,6 @@
 package store
 
-import "unsafe"
+import "bytes"
 
 // Operations for copying items between nodes (replication and vbucket
 // moves). An item copied keeps its CAS, flags, data type and absolute
@@ -12,35 +12,35 @@ import "unsafe"
 // SetWithMeta stores key = value with meta m (including its CAS) unless the
 // store holds the key with a CAS above m.CAS, or with m.CAS itself and the
 // same expiration (a copy of the same write; one with another expiration
-// carries a TOUCH, which keeps the CAS). It reports whether it stored. An expiration in the past removes an older item instead. Errors
-// are those of Set: ErrTooLarge, ErrNoMemory.
+// carries a TOUCH, which keeps the CAS). It reports whether it stored. An
+// expiration in the past removes an older item instead. Errors are those of
+// Set: ErrTooLarge, ErrNoMemory, ErrClosed.
 func (s *Store) SetWithMeta(key, value []byte, m Meta) (bool, error) {
-	if err := s.checkSize(len(key) + len(value)); err != nil {
+	if err := s.checkSize(len(key), len(value)); err != nil {
 		return false, err
 	}
 	now := s.now()
 	s.applyDueFlush()
 	s.raiseCAS(m.CAS)
-	sh, idx := s.shardFor(key)
+	hash := s.hash(key)
+	sh := s.shardOf(hash)
 	sh.mu.Lock()
-	e := s.lookup(sh, key, now)
-	if e != nil && (e.cas > m.CAS || e.cas == m.CAS && e.exp == m.Exp) {
-		sh.mu.Unlock()
+	defer sh.mu.Unlock()
+	if sh.ring == nil {
+		return false, ErrClosed
+	}
+	off, h := s.lookup(sh, hash, key, now)
+	if h != nil && (h.cas > m.CAS || h.cas == m.CAS && h.exp == clampExp(m.Exp)) {
 		return false, nil
 	}
 	if m.Exp != 0 && m.Exp <= now {
-		if e != nil {
-			s.remove(sh, e)
+		if h != nil {
+			sh.remove(hash, h)
 		}
-		sh.mu.Unlock()
 		return true, nil
 	}
 	sh.stats.totalItems++
-	over := s.put(sh, e, key, value, nil, m, now)
-	sh.mu.Unlock()
-	if over {
-		s.evictOthers(idx, now)
-	}
+	s.put(sh, hash, off, h, key, value, nil, m, now)
 	return true, nil
 }
 
@@ -51,14 +51,15 @@ func (s *Store) DeleteWithMeta(key []byte, cas uint64) bool {
 	now := s.now()
 	s.applyDueFlush()
 	s.raiseCAS(cas)
-	sh, _ := s.shardFor(key)
+	hash := s.hash(key)
+	sh := s.shardOf(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := s.lookup(sh, key, now)
-	if e == nil || e.cas >= cas {
+	_, h := s.lookup(sh, hash, key, now)
+	if h == nil || h.cas >= cas {
 		return false
 	}
-	s.remove(sh, e)
+	sh.remove(hash, h)
 	return true
 }
 
@@ -87,9 +88,11 @@ func (s *Store) Keys(match func(key []byte) bool, fn func(key []byte) bool) {
 		now := s.now()
 		keys = keys[:0]
 		sh.mu.RLock()
-		for k, e := range sh.items {
-			if !dead(e, now) && match(view(k)) {
-				keys = append(keys, []byte(k))
+		for _, i := range sh.idx {
+			off := uint64(i) * recordAlign
+			h := sh.rec(off)
+			if k := sh.key(off, h); !h.dead(now) && match(k) {
+				keys = append(keys, bytes.Clone(k))
 			}
 		}
 		sh.mu.RUnlock()
@@ -105,14 +108,15 @@ func (s *Store) Keys(match func(key []byte) bool, fn func(key []byte) bool) {
 // item as read (a copy for another node is not a client's fetch).
 func (s *Store) GetWithMeta(key, dst []byte) ([]byte, Meta, bool) {
 	now := s.now()
-	sh, _ := s.shardFor(key)
+	hash := s.hash(key)
+	sh := s.shardOf(hash)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
-	e := sh.items[string(key)]
-	if e == nil || dead(e, now) {
+	off, h := sh.find(hash, key)
+	if h == nil || h.dead(now) {
 		return dst, Meta{}, false
 	}
-	return append(dst, e.value()...), e.meta(), true
+	return append(dst, sh.value(off, h)...), h.meta(), true
 }
 
 // DeleteWhere removes every item whose key match reports true and returns
@@ -122,9 +126,10 @@ func (s *Store) DeleteWhere(match func(key []byte) bool) int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, e := range sh.items {
-			if match(view(k)) {
-				s.remove(sh, e)
+		for hash, i := range sh.idx {
+			off := uint64(i) * recordAlign
+			if h := sh.rec(off); match(sh.key(off, h)) {
+				sh.remove(hash, h)
 				n++
 			}
 		}
@@ -132,7 +137,3 @@ func (s *Store) DeleteWhere(match func(key []byte) bool) int {
 	}
 	return n
 }
-
-// view returns the bytes of k without copying; the caller must not modify
-// or keep them.
-func view(k string) []byte { return unsafe.Slice(unsafe.StringData(k), len(k)) }

@@ -4,24 +4,30 @@
 // memory limit enforced by approximately-LRU eviction, and lazy plus
 // background reclamation of expired items.
 //
+// Layout: keys are spread over a power-of-two number of shards by a
+// per-Store seeded 64-bit hash. Each shard has its own sync.RWMutex, an
+// index (a Go map from key hash to ring offset) and a ring: a fixed slice
+// of the store's arena, written as a circular log of records (header, key,
+// value). See shard for the ring's rules. The arena is one anonymous memory
+// mapping of MemoryLimit bytes outside the Go heap; pages become resident
+// as the rings first reach them, and Flush hands them back. No item holds
+// a Go pointer, so the garbage collector never walks the items: its work
+// does not grow with the number of items, and the heap holds only the
+// indexes.
+//
 // Invariants:
 //
-//   - Keys are spread over a power-of-two number of shards by a per-Store
-//     seeded hash. Each shard has its own sync.RWMutex; no lock covers the
-//     whole store and no goroutine ever holds two shard locks at once.
-//   - Every item in a shard's map is also on that shard's intrusive list,
-//     except for the moment a writer holding the shard lock relinks it. The
-//     list is in link order: the head was stored (or given a second chance)
-//     most recently. Get does not reorder the list; it only sets the item's
-//     "accessed" bit with an atomic, under the read lock.
-//   - Bytes charged for an item are len(key)+len(value)+ItemOverhead. The
-//     store-wide total is an atomic counter; after a store pushes it over
-//     MemoryLimit the writer evicts, from its own shard first and then from
-//     the others in turn, until it is back under the limit. So the total can
-//     exceed the limit only while stores are in flight.
-//   - Eviction is CLOCK-like second chance: the tail item is evicted unless
-//     it was accessed since it was linked, in which case its bit is cleared
-//     and it moves to the head.
+//   - No lock covers the whole store and no goroutine ever holds two shard
+//     locks at once.
+//   - A shard's index holds exactly its live and not-yet-reclaimed records;
+//     every other record in its ring is garbage that the tail skips.
+//   - Bytes charged for an item are ItemSize(len(key), len(value)). Each
+//     shard holds at most MemoryLimit/shards bytes of records, live or
+//     garbage, so the store never holds more than MemoryLimit.
+//   - Eviction is CLOCK-like second chance in write order: the oldest
+//     record is evicted unless it was read since it was written, in which
+//     case its bit is cleared and it moves to the head. Eviction stays
+//     within the shard that needs room.
 //   - Every successful mutation takes a new CAS from one store-wide counter,
 //     so CAS values are unique and increase in the order of mutations.
 //   - An item whose Exp is non-zero and <= now is dead: every operation
@@ -36,37 +42,18 @@
 // they are given; callers keep their buffers. Get and GetAndTouch append a
 // copy of the value to the caller's dst; the store never hands out its own
 // memory.
-//
-// Design note: items live in a map[string]*entry whose string keys point
-// into the item's single key+value allocation, which keeps the code simple
-// and a store to a new key at two allocations (entry and data). The cost is
-// that the garbage collector scans every item; a slab design with a
-// pointer-free index (fastcache, bigcache) avoids that at the price of its
-// own allocator and compaction.
 package store
 
 import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
-
-// ItemOverhead is the fixed number of bytes charged per item on top of
-// len(key)+len(value): what an item costs on the heap beyond its key and
-// value. That is the entry struct (72 bytes, an 80-byte size class) plus its
-// share of the map: a 24-byte slot (string header and pointer) and a control
-// byte, at a load factor between 7/16 (just after a table splits) and 7/8,
-// so 29 to 57 bytes. The bound 80+57 = 137 is rounded up to a multiple of 8.
-// Measured with runtime.MemStats (see TestItemOverhead) an item costs 115
-// to 136 bytes on top of its data, depending on where the map is in its
-// growth. Not included: the rounding of the key+value allocation up to its
-// size class, which grows with the item (typically under 12.5% for
-// items over 128 bytes).
-const ItemOverhead = 144
 
 // Defaults for zero Config fields.
 const (
@@ -76,6 +63,20 @@ const (
 	DefaultSweepInterval = 60 * time.Second
 )
 
+// Bounds on Config fields.
+const (
+	// MaxKeySize is the longest key a Store accepts (the protocol's own
+	// bound: a 16-bit key length).
+	MaxKeySize = 1<<16 - 1
+	// MaxMaxItemSize is the largest MaxItemSize New accepts.
+	MaxMaxItemSize = 1 << 30
+)
+
+// minShardItems is the least ring a shard gets, in items of the largest
+// size: New uses fewer shards than Config.Shards rather than give a shard
+// less, so that one large item does not flush a whole shard.
+const minShardItems = 4
+
 // minSweepTick bounds how often the sweeper wakes, whatever SweepInterval
 // and Shards say.
 const minSweepTick = 100 * time.Microsecond
@@ -83,13 +84,15 @@ const minSweepTick = 100 * time.Microsecond
 // Config configures a Store. The zero value is valid: New fills every zero
 // field with its default.
 type Config struct {
-	// MemoryLimit is the most bytes of items charged (key + value +
-	// ItemOverhead each) before stores evict. Default 64 MiB.
+	// MemoryLimit is the most bytes of items (ItemSize each) the store
+	// holds; stores beyond it evict. Default 64 MiB.
 	MemoryLimit int64
-	// MaxItemSize is the largest len(key)+len(value) accepted. Default 1 MiB.
+	// MaxItemSize is the largest len(key)+len(value) accepted, at most
+	// MaxMaxItemSize. Default 1 MiB.
 	MaxItemSize int
-	// Shards is the number of independently locked shards, a power of two
-	// no larger than 65536. Default 64.
+	// Shards is the most independently locked shards, a power of two no
+	// larger than 65536; New halves it while a shard would get less than
+	// four items of MaxItemSize. Default 64.
 	Shards int
 	// SweepInterval is how long the background sweeper takes for one pass
 	// over all shards; it visits one shard every SweepInterval/Shards (but
@@ -127,9 +130,10 @@ var (
 	ErrExists      = errors.New("store: key exists") // ADD on an existing key, or CAS mismatch
 	ErrNotStored   = errors.New("store: not stored") // APPEND/PREPEND on a missing key
 	ErrTooLarge    = errors.New("store: item too large")
-	ErrNoMemory    = errors.New("store: out of memory") // cannot make room even by evicting
+	ErrNoMemory    = errors.New("store: out of memory") // larger than a shard's whole ring
 	ErrNonNumeric  = errors.New("store: non-numeric value")
 	ErrInvalidMode = errors.New("store: invalid mode")
+	ErrClosed      = errors.New("store: closed")
 )
 
 // Stats is a snapshot of a Store's counters. Each shard is read under its
@@ -138,7 +142,7 @@ var (
 type Stats struct {
 	CurrItems        uint64 // items held now, including dead ones not yet reclaimed
 	TotalItems       uint64 // successful stores ever (Set, and Arith creating an item)
-	Bytes            uint64 // bytes charged now (key+value+ItemOverhead per item)
+	Bytes            uint64 // bytes charged now (ItemSize per item)
 	LimitMaxBytes    uint64 // Config.MemoryLimit
 	Evictions        uint64 // live items removed to make room
 	EvictedUnfetched uint64 // of those, never read
@@ -148,7 +152,7 @@ type Stats struct {
 
 // Store is a sharded in-memory item store. All methods are safe for
 // concurrent use. None blocks other than on shard locks, which are held for
-// the duration of one map operation and a copy, or for an eviction or
+// the duration of one index operation and a copy, or for an eviction or
 // sweep of one shard.
 type Store struct {
 	shards  []shard
@@ -156,30 +160,33 @@ type Store struct {
 	seed    maphash.Seed
 	limit   int64
 	maxItem int
+	ringCap int64 // bytes of each shard's ring
 	now     func() int64
 
 	flushAt atomic.Int64 // Unix time of a pending delayed Flush; 0 if none
 
 	// Written by every store; kept off the cache line of the fields above,
 	// which every Get reads.
-	_     [64]byte
-	bytes atomic.Int64  // bytes charged, store-wide; compared with limit
-	cas   atomic.Uint64 // last CAS handed out
+	_   [64]byte
+	cas atomic.Uint64 // last CAS handed out
 
-	stop      chan struct{} // closed by Close; nil if there is no sweeper
+	arena     []byte          // every shard's ring, one after another
+	release   runtime.Cleanup // unmaps arena if the Store is dropped unclosed
+	stop      chan struct{}   // closed by Close; nil if there is no sweeper
 	sweeper   sync.WaitGroup
 	closeOnce sync.Once
 }
 
 // New validates cfg, fills its zero fields with defaults and returns a
 // Store. Unless cfg.SweepInterval is negative it starts the background
-// sweeper goroutine, which the caller must stop with Close.
+// sweeper goroutine. The caller must Close the Store to stop the sweeper
+// and release its memory.
 func New(cfg Config) (*Store, error) {
 	if cfg.MemoryLimit < 0 {
 		return nil, fmt.Errorf("store: negative MemoryLimit %d", cfg.MemoryLimit)
 	}
-	if cfg.MaxItemSize < 0 {
-		return nil, fmt.Errorf("store: negative MaxItemSize %d", cfg.MaxItemSize)
+	if cfg.MaxItemSize < 0 || cfg.MaxItemSize > MaxMaxItemSize {
+		return nil, fmt.Errorf("store: MaxItemSize %d is not in [0, %d]", cfg.MaxItemSize, MaxMaxItemSize)
 	}
 	if cfg.Shards < 0 || cfg.Shards > 1<<16 || cfg.Shards&(cfg.Shards-1) != 0 {
 		return nil, fmt.Errorf("store: Shards %d is not a power of two in [1, 65536]", cfg.Shards)
@@ -199,45 +206,68 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Now == nil {
 		cfg.Now = func() int64 { return time.Now().Unix() }
 	}
+	n := cfg.Shards
+	for n > 1 && cfg.MemoryLimit/int64(n) < minShardItems*ItemSize(0, cfg.MaxItemSize) {
+		n /= 2
+	}
+	ringCap := cfg.MemoryLimit / int64(n) &^ (recordAlign - 1)
+	if ringCap < recordAlign {
+		return nil, fmt.Errorf("store: MemoryLimit %d is too small", cfg.MemoryLimit)
+	}
+	arena, err := mapArena(int(ringCap) * n)
+	if err != nil {
+		return nil, fmt.Errorf("store: reserving %d bytes: %w", ringCap*int64(n), err)
+	}
 	s := &Store{
-		shards:  make([]shard, cfg.Shards),
-		mask:    uint64(cfg.Shards - 1),
+		shards:  make([]shard, n),
+		mask:    uint64(n - 1),
 		seed:    maphash.MakeSeed(),
 		limit:   cfg.MemoryLimit,
 		maxItem: cfg.MaxItemSize,
+		ringCap: ringCap,
 		now:     cfg.Now,
+		arena:   arena,
 	}
 	for i := range s.shards {
-		s.shards[i].items = make(map[string]*entry)
+		s.shards[i].idx = make(map[uint64]uint32)
+		s.shards[i].ring = arena[int64(i)*ringCap : int64(i+1)*ringCap : int64(i+1)*ringCap]
 	}
+	// A Store dropped without Close still gives its arena back.
+	s.release = runtime.AddCleanup(s, unmapArena, arena)
 	if cfg.SweepInterval > 0 {
-		tick := max(cfg.SweepInterval/time.Duration(cfg.Shards), minSweepTick)
+		tick := max(cfg.SweepInterval/time.Duration(n), minSweepTick)
 		s.stop = make(chan struct{})
 		s.sweeper.Go(func() { s.sweepLoop(tick) })
 	}
 	return s, nil
 }
 
-// Close stops the background sweeper and waits for it to return. It is safe
-// to call more than once and concurrently. The Store stays usable after
-// Close; only the background sweep stops.
+// Close stops the background sweeper, waits for it to return and releases
+// the store's memory. It is safe to call more than once and concurrently.
+// After Close the store is empty: reads miss and writes fail with
+// ErrClosed.
 func (s *Store) Close() {
 	s.closeOnce.Do(func() {
 		if s.stop != nil {
 			close(s.stop)
 			s.sweeper.Wait()
 		}
+		for i := range s.shards {
+			sh := &s.shards[i]
+			sh.mu.Lock()
+			sh.idx, sh.ring, sh.bytes = nil, nil, 0
+			sh.mu.Unlock()
+		}
+		s.release.Stop()
+		unmapArena(s.arena)
 	})
 }
 
-// shardFor returns the shard that owns key and its index.
-func (s *Store) shardFor(key []byte) (*shard, uint64) {
-	i := maphash.Bytes(s.seed, key) & s.mask
-	return &s.shards[i], i
-}
+// hash is the seeded 64-bit hash that picks a key's shard and index slot.
+func (s *Store) hash(key []byte) uint64 { return maphash.Bytes(s.seed, key) }
 
-// dead reports whether e has expired at time now.
-func dead(e *entry, now int64) bool { return e.exp != 0 && e.exp <= now }
+// shardOf returns the shard of a key hash.
+func (s *Store) shardOf(hash uint64) *shard { return &s.shards[hash&s.mask] }
 
 // Get appends the value of key to dst and returns the extended slice, the
 // item's metadata and true; on a miss it returns dst unchanged and false.
@@ -247,25 +277,26 @@ func dead(e *entry, now int64) bool { return e.exp != 0 && e.exp <= now }
 // which takes every shard's write lock in turn.
 func (s *Store) Get(key, dst []byte) ([]byte, Meta, bool) {
 	s.applyDueFlush()
-	sh, _ := s.shardFor(key)
+	hash := s.hash(key)
+	sh := s.shardOf(hash)
 	sh.mu.RLock()
-	e := sh.items[string(key)]
-	if e == nil {
+	off, h := sh.find(hash, key)
+	if h == nil {
 		sh.mu.RUnlock()
 		return dst, Meta{}, false
 	}
-	if e.exp != 0 && dead(e, s.now()) {
+	if h.exp != 0 && h.dead(s.now()) {
 		sh.mu.RUnlock()
 		// Upgrade: re-check under the write lock, as the item may have
 		// been replaced or touched meanwhile.
 		sh.mu.Lock()
-		s.lookup(sh, key, s.now())
+		s.lookup(sh, hash, key, s.now())
 		sh.mu.Unlock()
 		return dst, Meta{}, false
 	}
-	e.markRead()
-	dst = append(dst, e.value()...)
-	m := e.meta()
+	h.markRead()
+	dst = append(dst, sh.value(off, h)...)
+	m := h.meta()
 	sh.mu.RUnlock()
 	return dst, m, true
 }
@@ -274,36 +305,43 @@ func (s *Store) Get(key, dst []byte) ([]byte, Meta, bool) {
 // Unix seconds, 0 = never). The CAS is unchanged, as in memcached. It takes
 // the shard's write lock.
 func (s *Store) GetAndTouch(key []byte, exp int64, dst []byte) ([]byte, Meta, bool) {
-	now := s.now()
-	s.applyDueFlush()
-	sh, _ := s.shardFor(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	e := s.lookup(sh, key, now)
-	if e == nil {
-		return dst, Meta{}, false
-	}
-	e.exp = exp
-	e.markRead()
-	return append(dst, e.value()...), e.meta(), true
+	var m Meta
+	ok := s.touch(key, exp, func(v []byte, h *header) {
+		h.markRead()
+		dst, m = append(dst, v...), h.meta()
+	})
+	return dst, m, ok
 }
 
 // Touch sets the expiration of key to exp (absolute Unix seconds, 0 =
 // never) and returns the item's metadata after the touch; the CAS is
 // unchanged. An exp in the past makes the item invisible from then on.
 func (s *Store) Touch(key []byte, exp int64) (Meta, bool) {
+	var m Meta
+	ok := s.touch(key, exp, func(_ []byte, h *header) {
+		h.bits.Or(bitAccessed)
+		m = h.meta()
+	})
+	return m, ok
+}
+
+// touch sets key's expiration to exp and calls fn with the item's value
+// and header under the shard's write lock. It reports whether the key was
+// there.
+func (s *Store) touch(key []byte, exp int64, fn func(value []byte, h *header)) bool {
 	now := s.now()
 	s.applyDueFlush()
-	sh, _ := s.shardFor(key)
+	hash := s.hash(key)
+	sh := s.shardOf(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := s.lookup(sh, key, now)
-	if e == nil {
-		return Meta{}, false
+	off, h := s.lookup(sh, hash, key, now)
+	if h == nil {
+		return false
 	}
-	e.exp = exp
-	e.bits.Or(bitAccessed)
-	return e.meta(), true
+	h.exp = clampExp(exp)
+	fn(sh.value(off, h), h)
+	return true
 }
 
 // Set stores value under key according to mode and returns the item's new
@@ -318,62 +356,59 @@ func (s *Store) Touch(key []byte, exp int64) (Meta, bool) {
 //     keeps its flags, data type and expiration (the arguments are ignored).
 //
 // ErrTooLarge if len(key) plus the final value's length exceeds
-// MaxItemSize; ErrNoMemory if the item alone is larger than MemoryLimit.
+// MaxItemSize; ErrNoMemory if the item alone is larger than a shard's ring.
 // An exp in the past (exp != 0 && exp <= now) removes the key and returns a
 // fresh CAS, as memcached makes such an item immediately invisible. Set may
-// evict other items to stay within MemoryLimit.
+// evict other items of the key's shard to make room.
 func (s *Store) Set(mode Mode, key, value []byte, flags uint32, dataType uint8, exp int64, cas uint64) (uint64, error) {
 	if mode > ModePrepend {
 		return 0, ErrInvalidMode
 	}
-	if err := s.checkSize(len(key) + len(value)); err != nil {
+	if err := s.checkSize(len(key), len(value)); err != nil {
 		return 0, err
 	}
 	now := s.now()
 	s.applyDueFlush()
-	sh, idx := s.shardFor(key)
+	hash := s.hash(key)
+	sh := s.shardOf(hash)
 	sh.mu.Lock()
-	e := s.lookup(sh, key, now)
-	var err error
+	defer sh.mu.Unlock()
+	if sh.ring == nil {
+		return 0, ErrClosed
+	}
+	off, h := s.lookup(sh, hash, key, now)
 	switch {
-	case mode == ModeAdd && e != nil:
-		err = ErrExists
-	case e == nil && (mode == ModeReplace || mode == ModeSet && cas != 0):
-		err = ErrNotFound
-	case e == nil && (mode == ModeAppend || mode == ModePrepend):
-		err = ErrNotStored
-	case mode != ModeAdd && cas != 0 && e.cas != cas:
-		err = ErrExists
+	case mode == ModeAdd && h != nil:
+		return 0, ErrExists
+	case h == nil && (mode == ModeReplace || mode == ModeSet && cas != 0):
+		return 0, ErrNotFound
+	case h == nil && (mode == ModeAppend || mode == ModePrepend):
+		return 0, ErrNotStored
+	case mode != ModeAdd && cas != 0 && h.cas != cas:
+		return 0, ErrExists
 	}
-	// The value is a+b; see entry.write.
+	// The value is a+b; see write.
 	a, b := value, []byte(nil)
-	if err == nil && (mode == ModeAppend || mode == ModePrepend) {
+	if mode == ModeAppend || mode == ModePrepend {
 		if mode == ModeAppend {
-			a, b = e.value(), value
+			a, b = sh.value(off, h), value
 		} else {
-			b = e.value()
+			b = sh.value(off, h)
 		}
-		flags, dataType, exp = e.flags, e.dataType, e.exp
-		err = s.checkSize(len(key) + len(a) + len(b))
-	}
-	if err != nil {
-		sh.mu.Unlock()
-		return 0, err
+		flags, dataType, exp = h.flags, h.dataType, int64(h.exp)
+		if err := s.checkSize(len(key), len(a)+len(b)); err != nil {
+			return 0, err
+		}
 	}
 	newCAS := s.cas.Add(1)
 	if exp != 0 && exp <= now {
-		if e != nil {
-			s.remove(sh, e)
+		if h != nil {
+			sh.remove(hash, h)
 		}
-		sh.mu.Unlock()
 		return newCAS, nil
 	}
 	sh.stats.totalItems++
-	over := s.put(sh, e, key, a, b, Meta{Flags: flags, DataType: dataType, Exp: exp, CAS: newCAS}, now)
-	sh.mu.Unlock()
-	if over {
-		s.evictOthers(idx, now)
-	}
+	s.put(sh, hash, off, h, key, a, b, Meta{Flags: flags, DataType: dataType, Exp: exp, CAS: newCAS}, now)
 	return newCAS, nil
 }
 
@@ -382,17 +417,18 @@ func (s *Store) Set(mode Mode, key, value []byte, flags uint32, dataType uint8, 
 func (s *Store) Delete(key []byte, cas uint64) error {
 	now := s.now()
 	s.applyDueFlush()
-	sh, _ := s.shardFor(key)
+	hash := s.hash(key)
+	sh := s.shardOf(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := s.lookup(sh, key, now)
+	_, h := s.lookup(sh, hash, key, now)
 	switch {
-	case e == nil:
+	case h == nil:
 		return ErrNotFound
-	case cas != 0 && e.cas != cas:
+	case cas != 0 && h.cas != cas:
 		return ErrExists
 	}
-	s.remove(sh, e)
+	sh.remove(hash, h)
 	return nil
 }
 
@@ -409,51 +445,47 @@ func (s *Store) Delete(key []byte, cas uint64) error {
 func (s *Store) Arith(key []byte, incr bool, delta, initial uint64, exp int64, create bool, cas uint64) (value, newCAS uint64, err error) {
 	now := s.now()
 	s.applyDueFlush()
-	sh, idx := s.shardFor(key)
+	hash := s.hash(key)
+	sh := s.shardOf(hash)
 	sh.mu.Lock()
-	e := s.lookup(sh, key, now)
+	defer sh.mu.Unlock()
+	if sh.ring == nil {
+		return 0, 0, ErrClosed
+	}
+	off, h := s.lookup(sh, hash, key, now)
 	var m Meta
 	switch {
-	case e == nil && (!create || cas != 0):
-		err = ErrNotFound
-	case e == nil:
+	case h == nil && (!create || cas != 0):
+		return 0, 0, ErrNotFound
+	case h == nil:
 		value, m = initial, Meta{Exp: exp}
-	case cas != 0 && e.cas != cas:
-		err = ErrExists
+	case cas != 0 && h.cas != cas:
+		return 0, 0, ErrExists
 	default:
-		old, ok := parseUint64(e.value())
+		old, ok := parseUint64(sh.value(off, h))
 		switch {
 		case !ok:
-			err = ErrNonNumeric
+			return 0, 0, ErrNonNumeric
 		case incr:
 			value = old + delta
 		case delta < old:
 			value = old - delta
 		}
-		m = e.meta()
+		m = h.meta()
 	}
 	var buf [20]byte
 	digits := strconv.AppendUint(buf[:0], value, 10)
-	if err == nil {
-		err = s.checkSize(len(key) + len(digits))
-	}
-	if err != nil {
-		sh.mu.Unlock()
+	if err := s.checkSize(len(key), len(digits)); err != nil {
 		return 0, 0, err
 	}
 	m.CAS = s.cas.Add(1)
-	if e == nil && exp != 0 && exp <= now {
-		sh.mu.Unlock()
+	if h == nil && exp != 0 && exp <= now {
 		return value, m.CAS, nil
 	}
-	if e == nil {
+	if h == nil {
 		sh.stats.totalItems++
 	}
-	over := s.put(sh, e, key, digits, nil, m, now)
-	sh.mu.Unlock()
-	if over {
-		s.evictOthers(idx, now)
-	}
+	s.put(sh, hash, off, h, key, digits, nil, m, now)
 	return value, m.CAS, nil
 }
 
@@ -505,11 +537,9 @@ func (s *Store) clearAll() {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		sh.stats.reclaimed += uint64(len(sh.items))
-		s.bytes.Add(-sh.bytes)
-		sh.bytes = 0
-		sh.items = make(map[string]*entry)
-		sh.head, sh.tail = nil, nil
+		if sh.ring != nil {
+			sh.clear()
+		}
 		sh.mu.Unlock()
 	}
 }
@@ -521,7 +551,7 @@ func (s *Store) Stats() Stats {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.RLock()
-		st.CurrItems += uint64(len(sh.items))
+		st.CurrItems += uint64(len(sh.idx))
 		st.Bytes += uint64(sh.bytes)
 		st.TotalItems += sh.stats.totalItems
 		st.Evictions += sh.stats.evictions
@@ -533,12 +563,13 @@ func (s *Store) Stats() Stats {
 	return st
 }
 
-// checkSize returns the error for an item whose key and value total n bytes.
-func (s *Store) checkSize(n int) error {
+// checkSize returns the error for an item with the given key and value
+// lengths.
+func (s *Store) checkSize(keyLen, valueLen int) error {
 	switch {
-	case n > s.maxItem:
+	case keyLen+valueLen > s.maxItem || keyLen > MaxKeySize:
 		return ErrTooLarge
-	case int64(n)+ItemOverhead > s.limit:
+	case ItemSize(keyLen, valueLen) > s.ringCap:
 		return ErrNoMemory
 	}
 	return nil
@@ -560,12 +591,10 @@ func (s *Store) sweepLoop(tick time.Duration) {
 		sh := &s.shards[i]
 		now := s.now()
 		sh.mu.Lock()
-		for e := sh.tail; e != nil; {
-			prev := e.prev
-			if dead(e, now) {
-				s.reclaim(sh, e)
+		for hash, i := range sh.idx {
+			if h := sh.rec(uint64(i) * recordAlign); h.dead(now) {
+				sh.reclaim(hash, h)
 			}
-			e = prev
 		}
 		sh.mu.Unlock()
 	}

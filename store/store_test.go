@@ -41,34 +41,48 @@ func newTestStore(t testing.TB, cfg Config) (*Store, *clock) {
 	return s, c
 }
 
-// checkInvariants verifies the structure of every shard and the byte totals.
+// checkInvariants walks every shard's ring from tail to head and checks the
+// records, the index and the byte totals against each other.
 func checkInvariants(t testing.TB, s *Store) {
 	t.Helper()
-	var total int64
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.RLock()
-		n, bytes := 0, int64(0)
-		var prev *entry
-		for e := sh.head; e != nil; e = e.next {
-			if e.prev != prev {
-				t.Fatalf("shard %d: broken prev link", i)
-			}
-			if sh.items[e.key()] != e {
-				t.Fatalf("shard %d: listed entry %q not in map", i, e.key())
-			}
-			n++
-			bytes += e.charge()
-			prev = e
+		c := uint64(len(sh.ring))
+		if sh.head < sh.tail || sh.head-sh.tail > c {
+			t.Fatalf("shard %d: head %d, tail %d, ring %d", i, sh.head, sh.tail, c)
 		}
-		if sh.tail != prev || n != len(sh.items) || bytes != sh.bytes {
-			t.Fatalf("shard %d: list %d items %d bytes, map %d items, charged %d bytes", i, n, bytes, len(sh.items), sh.bytes)
+		live, bytes := 0, int64(0)
+		pos := sh.tail
+		for pos < sh.head {
+			off := pos % c
+			size, bits := sh.recordAt(off)
+			if size == 0 || size%recordAlign != 0 || off+uint64(size) > c {
+				t.Fatalf("shard %d: record at %d has size %d (ring %d)", i, off, size, c)
+			}
+			if bits&bitPad == 0 {
+				h := sh.rec(off)
+				if ItemSize(int(h.klen), int(h.vlen)) != int64(size) {
+					t.Fatalf("shard %d: record at %d: size %d for key %d + value %d", i, off, size, h.klen, h.vlen)
+				}
+				hash := s.hash(sh.key(off, h))
+				if x, ok := sh.idx[hash]; ok && uint64(x)*recordAlign == off {
+					if hash&s.mask != uint64(i) {
+						t.Fatalf("shard %d holds key %q of shard %d", i, sh.key(off, h), hash&s.mask)
+					}
+					live++
+					bytes += int64(size)
+				}
+			}
+			pos += uint64(size)
 		}
-		total += bytes
+		if pos != sh.head {
+			t.Fatalf("shard %d: records end at %d, head is %d", i, pos, sh.head)
+		}
+		if live != len(sh.idx) || bytes != sh.bytes {
+			t.Fatalf("shard %d: ring has %d live records of %d bytes; index %d items, charged %d bytes", i, live, bytes, len(sh.idx), sh.bytes)
+		}
 		sh.mu.RUnlock()
-	}
-	if got := s.bytes.Load(); got != total {
-		t.Fatalf("store bytes = %d, shards hold %d", got, total)
 	}
 }
 
@@ -604,9 +618,9 @@ func TestFlush(t *testing.T) {
 func TestEviction(t *testing.T) {
 	const (
 		valueLen = 100
-		charge   = 4 + valueLen + ItemOverhead // keys are 4 bytes
-		limit    = 20 * charge
+		limit    = 20 * (4 + valueLen + ItemOverhead) // keys are 4 bytes
 	)
+	charge := uint64(ItemSize(4, valueLen))
 	s, _ := newTestStore(t, Config{MemoryLimit: limit, Shards: 4})
 	value := make([]byte, valueLen)
 	for i := range 200 {
@@ -632,7 +646,7 @@ func TestEviction(t *testing.T) {
 }
 
 func TestSecondChance(t *testing.T) {
-	const limit = 10 * (4 + 10 + ItemOverhead)
+	limit := 10 * ItemSize(4, 10)
 	for _, read := range []bool{true, false} {
 		t.Run(fmt.Sprintf("read=%v", read), func(t *testing.T) {
 			s, _ := newTestStore(t, Config{MemoryLimit: limit, Shards: 1})
@@ -663,7 +677,7 @@ func TestSecondChance(t *testing.T) {
 }
 
 func TestEvictionPrefersExpired(t *testing.T) {
-	const limit = 10 * (4 + 10 + ItemOverhead)
+	limit := 10 * ItemSize(4, 10)
 	s, clk := newTestStore(t, Config{MemoryLimit: limit, Shards: 1})
 	value := make([]byte, 10)
 	for i := range 10 {
@@ -728,10 +742,20 @@ func TestCloseTwice(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s.Close()
-			s.Close()
 			if _, err := s.Set(ModeSet, []byte("k"), []byte("v"), 0, 0, 0, 0); err != nil {
-				t.Fatalf("Set after Close = %v", err)
+				t.Fatal(err)
+			}
+			s.Close()
+			s.Close()
+			if _, err := s.Set(ModeSet, []byte("k"), []byte("v"), 0, 0, 0, 0); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Set after Close = %v, want ErrClosed", err)
+			}
+			if _, _, ok := s.Get([]byte("k"), nil); ok {
+				t.Fatal("Get after Close hit")
+			}
+			s.Flush(0)
+			if st := s.Stats(); st.CurrItems != 0 {
+				t.Fatalf("stats after Close = %+v", st)
 			}
 		})
 	}
@@ -771,17 +795,17 @@ func TestAllocs(t *testing.T) {
 	})
 }
 
-func TestItemOverhead(t *testing.T) {
+// TestHeapPerItem checks that items cost the Go heap only their index
+// entry: ItemSize documents 19 to 39 bytes per item.
+func TestHeapPerItem(t *testing.T) {
 	if testing.Short() {
-		t.Skip("allocates a few hundred MB")
+		t.Skip("stores half a million items")
 	}
-	// 16-byte keys and values: 32 bytes is a size class, so the data
-	// allocation has no rounding and the rest is the fixed overhead.
 	for _, n := range []int{30_000, 100_000, 500_000} {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		s, _ := newTestStore(t, Config{MemoryLimit: 1 << 40})
+		s, _ := newTestStore(t, Config{MemoryLimit: 1 << 30})
 		value := make([]byte, 16)
 		key := make([]byte, 0, 16)
 		for i := range n {
@@ -792,12 +816,15 @@ func TestItemOverhead(t *testing.T) {
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		perItem := float64(after.HeapAlloc-before.HeapAlloc)/float64(n) - 32
-		t.Logf("items=%d: %.1f bytes per item beyond key and value", n, perItem)
-		if perItem > ItemOverhead {
-			t.Errorf("items=%d: an item costs %.1f bytes beyond its data, ItemOverhead is %d", n, perItem, ItemOverhead)
+		perItem := float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+		t.Logf("items=%d: %.1f bytes of Go heap per item", n, perItem)
+		if perItem > 40 {
+			t.Errorf("items=%d: an item costs %.1f bytes of Go heap, want at most 40", n, perItem)
 		}
-		runtime.KeepAlive(s)
+		if st := s.Stats(); st.CurrItems != uint64(n) || st.Bytes != uint64(n)*uint64(ItemSize(16, 16)) {
+			t.Errorf("stats = %+v, want %d items of %d bytes", st, n, ItemSize(16, 16))
+		}
+		s.Close()
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -30,11 +29,14 @@ import (
 // version is this build's version, printed by -version.
 const version = "0.1.0"
 
-// runtimeOverhead is the memory the process may use beyond -memory-limit
-// before the Go runtime works hard to give it back: goroutine stacks,
-// connection buffers (16 KiB per connection at rest), the runtime itself. It
-// is the fixed overhead documented in the README.
-const runtimeOverhead = 64 << 20
+// The memory the process uses beyond -memory-limit, as documented in the
+// README: runtimeOverhead for the Go runtime, goroutine stacks and idle
+// connection buffers, plus indexBytesPerItem for each item's index entry
+// (a Go map slot; see store.ItemSize) and 16 KiB per open connection.
+const (
+	runtimeOverhead   = 32 << 20
+	indexBytesPerItem = 40
+)
 
 type options struct {
 	listen       string
@@ -160,12 +162,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	// Let the Go runtime and the store agree on memory: the heap may grow to
-	// the item limit plus a fixed overhead before the GC runs harder. An
-	// explicit GOMEMLIMIT wins.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(int64(o.memoryLimit) + runtimeOverhead)
-	}
+	// No GOMEMLIMIT by default: items live outside the Go heap (see
+	// store), so the heap is the index and buffers, and GOGC's default
+	// pacing keeps it within the overhead above.
 
 	// Catch signals before the node says it is listening, so a signal
 	// sent on that cue always takes the graceful path.
