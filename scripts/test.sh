@@ -40,7 +40,7 @@ echo "== go test -race ./..."
 go test -race -count=1 -timeout 10m ./...
 
 if [[ $FUZZTIME != 0 ]]; then
-	for target in ./protocol:FuzzParse ./server:FuzzConn ./store:FuzzStore; do
+	for target in ./protocol:FuzzParse ./server:FuzzConn ./store:FuzzStore ./store:FuzzEviction; do
 		echo "== fuzz ${target#*:} for $FUZZTIME"
 		go test -run='^$' -fuzz="^${target#*:}\$" -fuzztime="$FUZZTIME" "${target%%:*}"
 	done

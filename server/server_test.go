@@ -664,25 +664,45 @@ func waitFor(t testing.TB, cond func() bool) {
 	}
 }
 
-// TestGetHitAllocs pins the GET hit path, parse to response, at zero
-// allocations.
-func TestGetHitAllocs(t *testing.T) {
+// TestDispatchAllocs pins the common request paths, parse to response, at
+// zero allocations.
+func TestDispatchAllocs(t *testing.T) {
 	st, _ := store.New(store.Config{})
 	defer st.Close()
 	srv, _ := New(Config{Store: st})
 	c := newConn(srv, nil)
-	st.Set(store.ModeSet, []byte("key"), bytes.Repeat([]byte("v"), 100), 0, 0, 0, 0)
-	f := frame(protocol.OpGet, "key", "", nil, 1, 0)
-	n := testing.AllocsPerRun(1000, func() {
-		req, _, _ := protocol.Parse(f, protocol.MagicRequest, srv.maxBody)
-		c.wbuf = c.wbuf[:0]
-		c.handle(&req)
-	})
-	if n != 0 {
-		t.Fatalf("GET hit allocates %v times", n)
-	}
-	if len(c.wbuf) != protocol.HeaderLen+4+100 {
-		t.Fatalf("response is %d bytes", len(c.wbuf))
+	value := strings.Repeat("v", 100)
+	st.Set(store.ModeSet, []byte("key"), []byte(value), 0, 0, 0, 0)
+	st.Set(store.ModeSet, []byte("counter"), []byte("1"), 0, 0, 0, 0)
+	for _, tt := range []struct {
+		name    string
+		f       []byte
+		respLen int
+	}{
+		{"get hit", frame(protocol.OpGet, "key", "", nil, 1, 0), protocol.HeaderLen + 4 + 100},
+		{"get miss", frame(protocol.OpGet, "nope", "", nil, 1, 0), protocol.HeaderLen + len("Not found")},
+		{"getq miss", frame(protocol.OpGetQ, "nope", "", nil, 1, 0), 0},
+		{"getk hit", frame(protocol.OpGetK, "key", "", nil, 1, 0), protocol.HeaderLen + 4 + 3 + 100},
+		{"set same size", frame(protocol.OpSet, "key", value, setExtras(0, 0), 1, 0), protocol.HeaderLen},
+		{"setq same size", frame(protocol.OpSetQ, "key", value, setExtras(0, 0), 1, 0), 0},
+		{"incr", frame(protocol.OpIncrement, "counter", "", arithExtras(1, 0, 0), 1, 0), protocol.HeaderLen + 8},
+		{"touch", frame(protocol.OpTouch, "key", "", u32(0), 1, 0), protocol.HeaderLen + 4}, // flags, as memcached
+		{"delete miss", frame(protocol.OpDelete, "nope", "", nil, 1, 0), protocol.HeaderLen + len("Not found")},
+		{"noop", frame(protocol.OpNoop, "", "", nil, 1, 0), protocol.HeaderLen},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := testing.AllocsPerRun(1000, func() {
+				req, _, _ := protocol.Parse(tt.f, protocol.MagicRequest, srv.maxBody)
+				c.wbuf = c.wbuf[:0]
+				c.handle(&req)
+			})
+			if n != 0 {
+				t.Fatalf("%s allocates %v times", tt.name, n)
+			}
+			if len(c.wbuf) != tt.respLen {
+				t.Fatalf("response is %d bytes, want %d", len(c.wbuf), tt.respLen)
+			}
+		})
 	}
 }
 
