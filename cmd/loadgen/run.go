@@ -18,8 +18,9 @@ import (
 
 // Modes of a run.
 const (
-	ModeRun  = "run"  // mixed GET/SET load for a duration
-	ModeLoad = "load" // store Items items with pipelined SETQ, then stop
+	ModeRun   = "run"   // mixed GET/SET load for a duration
+	ModeLoad  = "load"  // store Items items with pipelined SETQ, then stop
+	ModeStats = "stats" // print the server's STAT output (the command only; Run refuses it)
 )
 
 // loadBatch is how many SETQs are written before the NOOP that ends a
@@ -41,6 +42,7 @@ type Config struct {
 	MaxOps    int64         // stop after this many measured ops; 0 = no limit
 	Prefill   bool          // SET every key once before the warmup (run mode)
 	VBuckets  int           // if > 0, send the CRC vbucket of each key for this many vbuckets
+	Owner     string        // if set, use only keys the server at this address holds active (see owner.go)
 	Seed      uint64        // random seed; 0 picks one from the clock
 	IOTimeout time.Duration // a connection with no progress for this long fails
 	Timeout   time.Duration // hard limit on the whole run; 0 = derived from the others
@@ -65,12 +67,8 @@ func DefaultConfig() Config {
 
 // validate checks cfg and fills derived defaults.
 func (cfg *Config) validate() error {
-	host, _, err := net.SplitHostPort(cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("addr %q: %w", cfg.Addr, err)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("addr %q: only loopback addresses are allowed", cfg.Addr)
+	if err := checkLoopback(cfg.Addr); err != nil {
+		return err
 	}
 	switch {
 	case cfg.Mode != ModeRun && cfg.Mode != ModeLoad:
@@ -95,6 +93,13 @@ func (cfg *Config) validate() error {
 		return fmt.Errorf("vbuckets %d: want 0 or a power of two", cfg.VBuckets)
 	case cfg.IOTimeout <= 0:
 		return fmt.Errorf("io-timeout %v: want > 0", cfg.IOTimeout)
+	case cfg.Mode == ModeRun && cfg.Keys > maxKeyCandidates, cfg.Mode == ModeLoad && cfg.Items > maxKeyCandidates:
+		return fmt.Errorf("keys and items: want at most %d", uint64(maxKeyCandidates))
+	}
+	if cfg.Owner != "" {
+		if _, _, err := net.SplitHostPort(cfg.Owner); err != nil {
+			return fmt.Errorf("owner %q: %w", cfg.Owner, err)
+		}
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = cfg.Warmup + cfg.Duration + 2*time.Minute
@@ -104,6 +109,18 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.Seed == 0 {
 		cfg.Seed = uint64(time.Now().UnixNano())
+	}
+	return nil
+}
+
+// checkLoopback fails unless addr is host:port with a loopback host.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("addr %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("addr %q: only loopback addresses are allowed", addr)
 	}
 	return nil
 }
@@ -141,6 +158,8 @@ type Result struct {
 	PrefillItems   uint64  `json:"prefill_items"` // items stored by the prefill or load
 	PrefillSeconds float64 `json:"prefill_seconds"`
 
+	KeySelection *keySelection `json:"key_selection,omitempty"` // with -owner: how the keys were chosen
+
 	StatusErrors map[string]uint64 `json:"status_errors,omitempty"` // "0x82 Out of memory": count
 	ErrorSamples []string          `json:"error_samples,omitempty"` // a few distinct messages
 
@@ -157,6 +176,7 @@ type phases struct {
 // shared is the state the workers of one run share.
 type shared struct {
 	cfg      *Config
+	keys     []uint32  // with Owner: the ids of the keys to use; nil: ids 0..n-1
 	deadline time.Time // hard deadline: no I/O is allowed to wait beyond it
 	stop     atomic.Bool
 	opsLeft  atomic.Int64 // measured ops not yet claimed, when MaxOps > 0
@@ -178,6 +198,18 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	defer cancel()
 	sh := &shared{cfg: &cfg, start: make(chan struct{})}
 	sh.deadline, _ = ctx.Deadline()
+	var sel *keySelection
+	if cfg.Owner != "" {
+		n := cfg.Keys
+		if cfg.Mode == ModeLoad {
+			n = cfg.Items
+		}
+		var err error
+		sh.keys, sel, err = ownerKeys(ctx, cfg.Addr, cfg.Owner, n, cfg.IOTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("choosing keys owned by %s: %w", cfg.Owner, err)
+		}
+	}
 	sh.opsLeft.Store(cfg.MaxOps)
 	stopWatch := context.AfterFunc(ctx, func() { sh.stop.Store(true) })
 	defer stopWatch()
@@ -207,7 +239,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res := &Result{
 		Mode: cfg.Mode, Addr: cfg.Addr, Conns: cfg.Conns, Depth: cfg.Depth,
 		GetRatio: cfg.GetRatio, Keys: cfg.Keys, ValueSize: cfg.ValueSize,
-		StatusErrors: map[string]uint64{},
+		StatusErrors: map[string]uint64{}, KeySelection: sel,
 	}
 	var lastDone time.Time
 	for _, w := range workers {
@@ -412,7 +444,7 @@ func (w *worker) load(lo, hi int) error {
 		w.wbuf = w.wbuf[:0]
 		n := min(loadBatch, hi-next)
 		for i := range n {
-			w.appendSet(protocol.OpSetQ, uint64(next+i))
+			w.appendSet(protocol.OpSetQ, w.keyID(next+i))
 		}
 		w.opaque++
 		noop := w.opaque
@@ -467,7 +499,7 @@ func (w *worker) mixed() error {
 		w.wbuf = w.wbuf[:0]
 		first := w.opaque + 1
 		for i := range n {
-			k := w.rng.Uint64N(uint64(w.cfg.Keys))
+			k := w.keyID(w.rng.IntN(w.cfg.Keys))
 			if w.rng.Float64() < w.cfg.GetRatio {
 				w.kinds[i] = opGet
 				w.appendGet(k)
@@ -548,6 +580,15 @@ func (w *worker) opError(st protocol.Status, op string) {
 	if w.opErrSample == "" {
 		w.opErrSample = fmt.Sprintf("%s: status 0x%02x (%s)", op, uint16(st), st.Message())
 	}
+}
+
+// keyID returns the number of the i-th key of the key space: i itself, or
+// with -owner the i-th owned key's.
+func (w *worker) keyID(i int) uint64 {
+	if w.sh.keys != nil {
+		return uint64(w.sh.keys[i])
+	}
+	return uint64(i)
 }
 
 // appendKey appends key:%08d of n to dst without allocating.
