@@ -19,7 +19,6 @@ func (s *Store) SetWithMeta(key, value []byte, m Meta) (bool, error) {
 	if err := s.checkSize(len(key), len(value)); err != nil {
 		return false, err
 	}
-	now := s.now()
 	s.applyDueFlush()
 	s.raiseCAS(m.CAS)
 	hash := s.hash(key)
@@ -29,18 +28,18 @@ func (s *Store) SetWithMeta(key, value []byte, m Meta) (bool, error) {
 	if sh.ring == nil {
 		return false, ErrClosed
 	}
-	off, h := s.lookup(sh, hash, key, now)
+	off, h := s.lookup(sh, hash, key)
 	if h != nil && (h.cas > m.CAS || h.cas == m.CAS && h.exp == clampExp(m.Exp)) {
 		return false, nil
 	}
-	if m.Exp != 0 && m.Exp <= now {
+	if s.past(m.Exp) {
 		if h != nil {
 			sh.remove(hash, h)
 		}
 		return true, nil
 	}
 	sh.stats.totalItems++
-	s.put(sh, hash, off, h, key, value, nil, m, now)
+	s.put(sh, hash, off, h, key, value, nil, m)
 	return true, nil
 }
 
@@ -48,14 +47,13 @@ func (s *Store) SetWithMeta(key, value []byte, m Meta) (bool, error) {
 // (the CAS of the deletion on the node that made it). It reports whether
 // it removed anything.
 func (s *Store) DeleteWithMeta(key []byte, cas uint64) bool {
-	now := s.now()
 	s.applyDueFlush()
 	s.raiseCAS(cas)
 	hash := s.hash(key)
 	sh := s.shardOf(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	_, h := s.lookup(sh, hash, key, now)
+	_, h := s.lookup(sh, hash, key)
 	if h == nil || h.cas >= cas {
 		return false
 	}
@@ -107,13 +105,12 @@ func (s *Store) Keys(match func(key []byte) bool, fn func(key []byte) bool) {
 // GetWithMeta appends key's value to dst like Get, without marking the
 // item as read (a copy for another node is not a client's fetch).
 func (s *Store) GetWithMeta(key, dst []byte) ([]byte, Meta, bool) {
-	now := s.now()
 	hash := s.hash(key)
 	sh := s.shardOf(hash)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
 	off, h := sh.find(hash, key)
-	if h == nil || h.dead(now) {
+	if h == nil || s.expired(h) {
 		return dst, Meta{}, false
 	}
 	return append(dst, sh.value(off, h)...), h.meta(), true

@@ -95,6 +95,14 @@ func clampExp(exp int64) uint32 { return uint32(min(max(exp, 0), 1<<32-1)) }
 
 func (h *header) dead(now int64) bool { return h.exp != 0 && int64(h.exp) <= now }
 
+// expired reports whether h is dead now. It reads the clock only for items
+// that expire, so most operations never read it.
+func (s *Store) expired(h *header) bool { return h.exp != 0 && int64(h.exp) <= s.now() }
+
+// past reports whether the expiration exp has passed: an item stored with
+// it would be dead at once.
+func (s *Store) past(exp int64) bool { return exp != 0 && exp <= s.now() }
+
 func (h *header) meta() Meta {
 	return Meta{Flags: h.flags, DataType: h.dataType, Exp: int64(h.exp), CAS: h.cas}
 }
@@ -145,9 +153,9 @@ func (sh *shard) find(hash uint64, key []byte) (uint64, *header) {
 
 // lookup returns key's live record, or nil; a dead record it finds is
 // reclaimed. The caller holds the write lock.
-func (s *Store) lookup(sh *shard, hash uint64, key []byte, now int64) (uint64, *header) {
+func (s *Store) lookup(sh *shard, hash uint64, key []byte) (uint64, *header) {
 	off, h := sh.find(hash, key)
-	if h != nil && h.dead(now) {
+	if h != nil && s.expired(h) {
 		sh.reclaim(hash, h)
 		return 0, nil
 	}
@@ -183,7 +191,7 @@ func (sh *shard) evict(hash uint64, h *header) {
 // if there is none); neither a nor b may point into the ring unless the
 // record keeps its size, in which case it is rewritten in place (see write).
 // The caller holds the write lock.
-func (s *Store) put(sh *shard, hash uint64, off uint64, h *header, key, a, b []byte, m Meta, now int64) {
+func (s *Store) put(sh *shard, hash uint64, off uint64, h *header, key, a, b []byte, m Meta) {
 	size := ItemSize(len(key), len(a)+len(b))
 	if h != nil && int64(h.size) == size {
 		h.vlen = uint32(len(a) + len(b))
@@ -200,7 +208,7 @@ func (s *Store) put(sh *shard, hash uint64, off uint64, h *header, key, a, b []b
 			// both, and the newer write takes it.
 			sh.evict(hash, sh.rec(uint64(sh.idx[hash])*recordAlign))
 		}
-		off = s.alloc(sh, uint32(size), now)
+		off = s.alloc(sh, uint32(size))
 		h = sh.rec(off)
 		*h = header{size: uint32(size), klen: uint16(len(key)), vlen: uint32(len(a) + len(b))}
 		copy(sh.key(off, h), key)
@@ -237,7 +245,7 @@ func write(dst, a, b []byte) {
 // alloc makes room for a record of size bytes at the head and returns its
 // physical offset, taking records off the tail as needed. size is at most
 // len(ring). The caller holds the write lock.
-func (s *Store) alloc(sh *shard, size uint32, now int64) uint64 {
+func (s *Store) alloc(sh *shard, size uint32) uint64 {
 	n := uint64(size)
 	c := uint64(len(sh.ring))
 	for {
@@ -254,7 +262,7 @@ func (s *Store) alloc(sh *shard, size uint32, now int64) uint64 {
 			sh.head += n
 			return off
 		}
-		s.advanceTail(sh, now)
+		s.advanceTail(sh)
 	}
 }
 
@@ -270,7 +278,7 @@ func (sh *shard) pad(off, n uint64) {
 // it was written is moved to the head with its bit cleared. Each call
 // either frees the record's bytes or clears a bit that no reader can set
 // again while the caller holds the write lock, so a loop of calls ends.
-func (s *Store) advanceTail(sh *shard, now int64) {
+func (s *Store) advanceTail(sh *shard) {
 	c := uint64(len(sh.ring))
 	off := sh.tail % c
 	size, bits := sh.recordAt(off)
@@ -285,7 +293,7 @@ func (s *Store) advanceTail(sh *shard, now int64) {
 		return
 	}
 	switch {
-	case h.dead(now):
+	case s.expired(h):
 		sh.reclaim(hash, h)
 	case bits&bitAccessed != 0:
 		h.bits.And(^bitAccessed)

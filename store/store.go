@@ -285,12 +285,12 @@ func (s *Store) Get(key, dst []byte) ([]byte, Meta, bool) {
 		sh.mu.RUnlock()
 		return dst, Meta{}, false
 	}
-	if h.exp != 0 && h.dead(s.now()) {
+	if s.expired(h) {
 		sh.mu.RUnlock()
 		// Upgrade: re-check under the write lock, as the item may have
 		// been replaced or touched meanwhile.
 		sh.mu.Lock()
-		s.lookup(sh, hash, key, s.now())
+		s.lookup(sh, hash, key)
 		sh.mu.Unlock()
 		return dst, Meta{}, false
 	}
@@ -329,13 +329,12 @@ func (s *Store) Touch(key []byte, exp int64) (Meta, bool) {
 // and header under the shard's write lock. It reports whether the key was
 // there.
 func (s *Store) touch(key []byte, exp int64, fn func(value []byte, h *header)) bool {
-	now := s.now()
 	s.applyDueFlush()
 	hash := s.hash(key)
 	sh := s.shardOf(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	off, h := s.lookup(sh, hash, key, now)
+	off, h := s.lookup(sh, hash, key)
 	if h == nil {
 		return false
 	}
@@ -367,7 +366,6 @@ func (s *Store) Set(mode Mode, key, value []byte, flags uint32, dataType uint8, 
 	if err := s.checkSize(len(key), len(value)); err != nil {
 		return 0, err
 	}
-	now := s.now()
 	s.applyDueFlush()
 	hash := s.hash(key)
 	sh := s.shardOf(hash)
@@ -376,7 +374,7 @@ func (s *Store) Set(mode Mode, key, value []byte, flags uint32, dataType uint8, 
 	if sh.ring == nil {
 		return 0, ErrClosed
 	}
-	off, h := s.lookup(sh, hash, key, now)
+	off, h := s.lookup(sh, hash, key)
 	switch {
 	case mode == ModeAdd && h != nil:
 		return 0, ErrExists
@@ -401,27 +399,26 @@ func (s *Store) Set(mode Mode, key, value []byte, flags uint32, dataType uint8, 
 		}
 	}
 	newCAS := s.cas.Add(1)
-	if exp != 0 && exp <= now {
+	if s.past(exp) {
 		if h != nil {
 			sh.remove(hash, h)
 		}
 		return newCAS, nil
 	}
 	sh.stats.totalItems++
-	s.put(sh, hash, off, h, key, a, b, Meta{Flags: flags, DataType: dataType, Exp: exp, CAS: newCAS}, now)
+	s.put(sh, hash, off, h, key, a, b, Meta{Flags: flags, DataType: dataType, Exp: exp, CAS: newCAS})
 	return newCAS, nil
 }
 
 // Delete removes key. It returns ErrNotFound if the key is missing and
 // ErrExists if cas != 0 and differs from the item's CAS.
 func (s *Store) Delete(key []byte, cas uint64) error {
-	now := s.now()
 	s.applyDueFlush()
 	hash := s.hash(key)
 	sh := s.shardOf(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	_, h := s.lookup(sh, hash, key, now)
+	_, h := s.lookup(sh, hash, key)
 	switch {
 	case h == nil:
 		return ErrNotFound
@@ -443,7 +440,6 @@ func (s *Store) Delete(key []byte, cas uint64) error {
 // keeping the item's flags, data type and expiration. cas != 0 must match
 // the item's CAS (ErrExists).
 func (s *Store) Arith(key []byte, incr bool, delta, initial uint64, exp int64, create bool, cas uint64) (value, newCAS uint64, err error) {
-	now := s.now()
 	s.applyDueFlush()
 	hash := s.hash(key)
 	sh := s.shardOf(hash)
@@ -452,7 +448,7 @@ func (s *Store) Arith(key []byte, incr bool, delta, initial uint64, exp int64, c
 	if sh.ring == nil {
 		return 0, 0, ErrClosed
 	}
-	off, h := s.lookup(sh, hash, key, now)
+	off, h := s.lookup(sh, hash, key)
 	var m Meta
 	switch {
 	case h == nil && (!create || cas != 0):
@@ -479,13 +475,13 @@ func (s *Store) Arith(key []byte, incr bool, delta, initial uint64, exp int64, c
 		return 0, 0, err
 	}
 	m.CAS = s.cas.Add(1)
-	if h == nil && exp != 0 && exp <= now {
+	if h == nil && s.past(exp) {
 		return value, m.CAS, nil
 	}
 	if h == nil {
 		sh.stats.totalItems++
 	}
-	s.put(sh, hash, off, h, key, digits, nil, m, now)
+	s.put(sh, hash, off, h, key, digits, nil, m)
 	return value, m.CAS, nil
 }
 
