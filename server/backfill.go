@@ -121,6 +121,8 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 	start := time.Now()
 	items, bytes := 0, 0
 	calls := map[streamKey][]*call{}
+	var frame []byte
+	notify, timer := make(chan struct{}, 1), newWaitTimer()
 	for vb, streams := range todo {
 		mu := &r.vbLocks[vb]
 		mu.Lock()
@@ -128,14 +130,14 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 			r.start(vb, k.name, rt.m.Servers[want[k]].KV)
 		}
 		for _, key := range keys[vb] {
-			if _, _, ok := r.srv.cfg.Store.GetWithMeta(key, nil); !ok {
-				continue
+			frame = r.appendCopy(frame[:0], key, vb)
+			if protocol.Opcode(frame[1]) != protocol.OpSetWithMeta {
+				continue // gone since the keys were listed
 			}
-			frame := r.copyFrame(key, vb)
 			items++
 			bytes += len(frame)
 			for _, k := range streams {
-				calls[k] = append(calls[k], r.srv.peers.send(rt.m.Servers[want[k]].KV, uint64(vb), frame, protocol.OpSetWithMeta))
+				calls[k] = append(calls[k], r.srv.peers.send(rt.m.Servers[want[k]].KV, uint64(vb), frame, protocol.OpSetWithMeta, notify))
 			}
 		}
 		mu.Unlock()
@@ -151,7 +153,7 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 		for _, k := range streams {
 			ok := true
 			for _, cl := range calls[k] {
-				if resp, err := wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
+				if resp, err := wait(cl, timer); err != nil || respStatus(resp) != protocol.StatusOK {
 					ok = false
 					break
 				}

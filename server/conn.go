@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
+	"time"
 
 	"vbcache/protocol"
 )
@@ -41,6 +43,19 @@ type conn struct {
 	// spare is the buffer assemble swaps with wbuf.
 	slots []slot
 	spare []byte
+	// kicks are the peer connections this batch queued requests on; they
+	// are woken once, when the batch is flushed (see send).
+	kicks []*peerConn
+	// scratch builds the stream messages of a local write (replicate).
+	scratch []byte
+	// held and calls hold the slots' request copies, local responses and
+	// replica calls until the batch is flushed (see hold).
+	held  []byte
+	calls []*call
+	// notify is signalled as this connection's calls to peers complete;
+	// timer bounds the wait for one (see wait).
+	notify chan struct{}
+	timer  *time.Timer
 
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
@@ -53,6 +68,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		nc:     nc,
 		rbuf:   make([]byte, initialBuf),
 		wbuf:   make([]byte, 0, initialBuf),
+		notify: make(chan struct{}, 1),
 		authed: len(s.cfg.Users) == 0,
 	}
 }
@@ -130,6 +146,26 @@ func (c *conn) handleBuffered() (quit bool) {
 	}
 }
 
+// send queues a request for another node (see peers.send). It leaves when
+// the batch is flushed, in one write with the batch's other requests for
+// the same peer connection.
+func (c *conn) send(addr string, lane uint64, frame []byte, op protocol.Opcode) *call {
+	cl, pc := c.srv.peers.queue(addr, lane, frame, op, c.notify)
+	if pc != nil && !slices.Contains(c.kicks, pc) {
+		c.kicks = append(c.kicks, pc)
+	}
+	return cl
+}
+
+// kickPeers sends what the batch queued for other nodes.
+func (c *conn) kickPeers() {
+	for i, pc := range c.kicks {
+		pc.kick()
+		c.kicks[i] = nil
+	}
+	c.kicks = c.kicks[:0]
+}
+
 // refuseTooLarge answers a frame whose declared body exceeds the limit and
 // arranges for its body to be skipped unbuffered. Like memcached, a refused
 // SET also deletes the key's old value, so a reader cannot see stale data
@@ -189,6 +225,7 @@ func (c *conn) makeRoom() {
 // flush writes the pending responses, first waiting for those other nodes
 // owe.
 func (c *conn) flush() error {
+	c.kickPeers()
 	c.assemble()
 	if len(c.wbuf) == 0 {
 		return nil

@@ -77,11 +77,11 @@ func (c *conn) route(req *protocol.Request) (done bool, rt *routes, vb uint16) {
 		c.fail(req, protocol.StatusTempFailure)
 		return true, rt, vb
 	}
-	frame := copyRequest(req, vb)
+	frame := c.holdRequest(req, vb)
 	c.stats[cForwarded].Add(1)
 	c.slots = append(c.slots, slot{
 		at: len(c.wbuf), frame: frame, vb: vb, rev: rt.m.Rev,
-		call: c.srv.peers.send(rt.m.Servers[owner].KV, uint64(vb), frame, req.Opcode.Loud()),
+		call: c.send(rt.m.Servers[owner].KV, uint64(vb), frame, req.Opcode.Loud()),
 	})
 	return true, rt, vb
 }
@@ -102,7 +102,7 @@ func (c *conn) flushCluster(req *protocol.Request) {
 	s := slot{at: len(c.wbuf), frame: frame}
 	for i, srv := range rt.m.Servers {
 		if i != rt.self {
-			s.fan = append(s.fan, c.srv.peers.send(srv.KV, 0, frame, protocol.OpFlush))
+			s.fan = append(s.fan, c.srv.peers.send(srv.KV, 0, frame, protocol.OpFlush, c.notify))
 		}
 	}
 	c.slots = append(c.slots, s)
@@ -126,6 +126,13 @@ func (c *conn) assemble() {
 	c.spare, c.wbuf = c.wbuf[:0], out
 	clear(c.slots)
 	c.slots = c.slots[:0]
+	// Nothing refers to the batch's held copies and calls any more.
+	clear(c.calls)
+	c.calls = c.calls[:0]
+	if cap(c.held) > keepBuf {
+		c.held = nil
+	}
+	c.held = c.held[:0]
 }
 
 // resolve appends the client's response for slot s to out.
@@ -153,7 +160,7 @@ func (c *conn) resolve(s *slot, out []byte) []byte {
 // resolveFlush answers a cluster-wide FLUSH once every node has.
 func (c *conn) resolveFlush(s *slot, req *protocol.Request, out []byte) []byte {
 	for _, cl := range s.fan {
-		if resp, err := wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
+		if resp, err := c.wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
 			c.srv.log.Debug("cluster flush incomplete", "err", err)
 			return protocol.AppendError(out, req.Opcode, protocol.StatusTempFailure, req.Opaque)
 		}
@@ -171,7 +178,7 @@ func (c *conn) resolveFlush(s *slot, req *protocol.Request, out []byte) []byte {
 func (c *conn) copiesRefused(s *slot, req *protocol.Request) bool {
 	refused := false
 	for _, cl := range s.repl {
-		resp, err := wait(cl)
+		resp, err := c.wait(cl)
 		switch {
 		case errors.Is(err, errForwardTimeout):
 			c.srv.log.Warn("replica copy unacknowledged", "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout)
@@ -192,7 +199,7 @@ func (c *conn) copiesRefused(s *slot, req *protocol.Request) bool {
 // map, at most forwardTries times, never via the receiver's forwarding.
 func (c *conn) resolveForward(s *slot, req *protocol.Request, out []byte) []byte {
 	for try := 1; ; try++ {
-		resp, err := wait(s.call)
+		resp, err := c.wait(s.call)
 		if err != nil {
 			if errors.Is(err, errForwardTimeout) {
 				c.srv.log.Warn("forwarded request unanswered", "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout)
@@ -235,7 +242,7 @@ func (c *conn) reroute(s *slot) *routes {
 		return nil
 	}
 	op := protocol.Opcode(s.frame[1])
-	s.call = c.srv.peers.send(rt.m.Servers[owner].KV, uint64(s.vb), s.frame, op.Loud())
+	s.call = c.srv.peers.send(rt.m.Servers[owner].KV, uint64(s.vb), s.frame, op.Loud(), c.notify)
 	return rt
 }
 
@@ -250,21 +257,37 @@ func (c *conn) serveLocal(req *protocol.Request, out []byte) []byte {
 }
 
 // wait returns a call's response, or an error if it failed or took longer
-// than forwardTimeout.
-func wait(cl *call) ([]byte, error) {
-	select {
-	case <-cl.done:
-		return cl.resp, cl.err
-	default:
+// than forwardTimeout. t is the waiter's timer, stopped, for reuse.
+func wait(cl *call, t *time.Timer) ([]byte, error) {
+	if !cl.done.Load() {
+		t.Reset(forwardTimeout)
+		for !cl.done.Load() {
+			select {
+			case <-cl.notify:
+			case <-t.C:
+				if !cl.done.Load() {
+					return nil, errForwardTimeout
+				}
+			}
+		}
+		t.Stop()
 	}
-	t := time.NewTimer(forwardTimeout)
-	defer t.Stop()
-	select {
-	case <-cl.done:
-		return cl.resp, cl.err
-	case <-t.C:
-		return nil, errForwardTimeout
+	return cl.resp, cl.err
+}
+
+// newWaitTimer returns a stopped timer for wait.
+func newWaitTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
+
+// wait waits for one of the connection's calls.
+func (c *conn) wait(cl *call) ([]byte, error) {
+	if c.timer == nil {
+		c.timer = newWaitTimer()
 	}
+	return wait(cl, c.timer)
 }
 
 // translate appends the peer's response resp as the answer to the client's

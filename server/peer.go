@@ -9,7 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"vbcache/protocol"
@@ -23,7 +25,7 @@ import (
 // to forward again: it answers NOT_MY_VBUCKET instead.
 
 const (
-	peerConns   = 2
+	peerConns   = 1
 	peerAgent   = "vbcache-peer"
 	dialTimeout = 2 * time.Second
 	peerBufSize = 64 << 10
@@ -36,11 +38,30 @@ type PeerAuth struct {
 	User, Password string
 }
 
-// call is one forwarded request. done is closed once resp or err is set.
+// call is one request sent to a peer. Whoever waits for it (see wait)
+// owns notify, a channel with room for one signal, which may be shared by
+// many calls: complete signals it after the call is done, and the waiter
+// checks done again after every signal. A client connection uses one
+// channel for all its calls, so a call costs no channel of its own.
 type call struct {
-	done chan struct{}
-	resp []byte // the whole response frame; owned by the call
-	err  error
+	done   atomic.Bool
+	notify chan struct{} // nil: no one waits
+	resp   []byte        // the whole response frame; owned by the call
+	err    error
+}
+
+// newCall returns a pending call that signals notify.
+func newCall(notify chan struct{}) *call { return &call{notify: notify} }
+
+// complete finishes the call with a response or an error and wakes its
+// waiter. It is called once.
+func (c *call) complete(resp []byte, err error) {
+	c.resp, c.err = resp, err
+	c.done.Store(true)
+	select {
+	case c.notify <- struct{}{}:
+	default: // a signal is already pending, or no one waits
+	}
 }
 
 // peers is the pool of connections to other nodes, by memcached address.
@@ -62,14 +83,27 @@ func newPeers(auth *PeerAuth, log *slog.Logger) *peers {
 // opcode to op and its opaque to one of the connection's own, on the
 // connection chosen by lane. It does not block on the network: the call
 // completes when the response arrives or the connection fails.
-func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode) *call {
+func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode, notify chan struct{}) *call {
+	c, pc := p.queue(addr, lane, frame, op, notify)
+	if pc != nil {
+		pc.kick()
+	}
+	return c
+}
+
+// queue is send without waking the connection's writer: the request goes
+// out with the next kick of pc (nil if the call failed at once). A client
+// connection queues a whole batch's requests and kicks each peer
+// connection once.
+func (p *peers) queue(addr string, lane uint64, frame []byte, op protocol.Opcode, notify chan struct{}) (*call, *peerConn) {
+	c := newCall(notify)
 	pc, err := p.conn(addr, int(lane%peerConns))
 	if err != nil {
-		c := &call{done: make(chan struct{}), err: err}
-		close(c.done)
-		return c
+		c.complete(nil, err)
+		return c, nil
 	}
-	return pc.send(frame, op)
+	pc.queue(c, frame, op)
+	return c, pc
 }
 
 // conn returns a live connection to addr in slot i, dialling a new one if
@@ -122,7 +156,8 @@ type peerConn struct {
 	mu      sync.Mutex // guards the fields below
 	nc      net.Conn
 	out     []byte
-	pending []*call // in the order their requests were queued
+	pending []*call // pending[head:] are unanswered, in the order queued
+	head    int
 	opaque  uint32
 	err     error // set once; the connection is then dead
 }
@@ -133,15 +168,15 @@ func (pc *peerConn) failed() bool {
 	return pc.err != nil
 }
 
-// send queues frame with its opcode set to op and a fresh opaque.
-func (pc *peerConn) send(frame []byte, op protocol.Opcode) *call {
-	c := &call{done: make(chan struct{})}
+// queue queues frame for call c with its opcode set to op and a fresh
+// opaque; kick sends it.
+func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 	pc.mu.Lock()
 	if pc.err != nil {
-		c.err = pc.err
+		err := pc.err
 		pc.mu.Unlock()
-		close(c.done)
-		return c
+		c.complete(nil, err)
+		return
 	}
 	pc.opaque++
 	at := len(pc.out)
@@ -150,11 +185,14 @@ func (pc *peerConn) send(frame []byte, op protocol.Opcode) *call {
 	binary.BigEndian.PutUint32(pc.out[at+12:], pc.opaque)
 	pc.pending = append(pc.pending, c)
 	pc.mu.Unlock()
+}
+
+// kick tells the writer there is output.
+func (pc *peerConn) kick() {
 	select {
 	case pc.wake <- struct{}{}:
 	default:
 	}
-	return c
 }
 
 // fail marks the connection dead with err, closes it and fails every
@@ -166,22 +204,17 @@ func (pc *peerConn) fail(err error) {
 		return
 	}
 	pc.err = err
-	pending := pc.pending
-	pc.pending, pc.out = nil, nil
+	pending := pc.pending[pc.head:]
+	pc.pending, pc.head, pc.out = nil, 0, nil
 	nc := pc.nc
 	pc.mu.Unlock()
 	if nc != nil {
 		nc.Close()
 	}
 	for _, c := range pending {
-		c.err = err
-		close(c.done)
+		c.complete(nil, err)
 	}
-	// Wake the writer so it sees the error and returns.
-	select {
-	case pc.wake <- struct{}{}:
-	default:
-	}
+	pc.kick() // so the writer sees the error and returns
 }
 
 // run dials, shakes hands, then writes queued requests until the
@@ -207,6 +240,7 @@ func (pc *peerConn) run(auth *PeerAuth) {
 
 	var buf []byte
 	for range pc.wake {
+		pc.gather()
 		pc.mu.Lock()
 		if pc.err != nil {
 			pc.mu.Unlock()
@@ -224,6 +258,31 @@ func (pc *peerConn) run(auth *PeerAuth) {
 	}
 }
 
+// gatherYields bounds how often the writer yields to let more requests
+// join a write.
+const gatherYields = 4
+
+// gather lets the goroutines that are ready to run (client connections in
+// the middle of their batches) queue their requests before the writer takes
+// the output, for as long as they keep adding to it, so that one write
+// carries several batches. It only yields the processor: on an idle node
+// it costs nothing.
+func (pc *peerConn) gather() {
+	pc.mu.Lock()
+	n := len(pc.out)
+	pc.mu.Unlock()
+	for range gatherYields {
+		runtime.Gosched()
+		pc.mu.Lock()
+		grew := len(pc.out) > n
+		n = len(pc.out)
+		pc.mu.Unlock()
+		if !grew {
+			return
+		}
+	}
+}
+
 // readLoop completes pending calls with the responses, in order.
 func (pc *peerConn) readLoop(br *bufio.Reader) {
 	for {
@@ -233,17 +292,20 @@ func (pc *peerConn) readLoop(br *bufio.Reader) {
 			return
 		}
 		pc.mu.Lock()
-		if len(pc.pending) == 0 {
+		if pc.head == len(pc.pending) {
 			pc.mu.Unlock()
 			pc.fail(fmt.Errorf("server: peer %s sent an unrequested response", pc.addr))
 			return
 		}
-		c := pc.pending[0]
-		pc.pending[0] = nil
-		pc.pending = pc.pending[1:]
+		c := pc.pending[pc.head]
+		pc.pending[pc.head] = nil
+		pc.head++
+		if pc.head == len(pc.pending) {
+			// Empty: start over at the front, so appends reuse the array.
+			pc.pending, pc.head = pc.pending[:0], 0
+		}
 		pc.mu.Unlock()
-		c.resp = frame
-		close(c.done)
+		c.complete(frame, nil)
 	}
 }
 

@@ -1,8 +1,8 @@
 package server
 
 import (
-	"bytes"
 	"encoding/binary"
+	"slices"
 	"sync"
 
 	"vbcache/protocol"
@@ -87,27 +87,31 @@ func mutates(op protocol.Opcode) bool {
 func (c *conn) replicate(req *protocol.Request, rt *routes, vb uint16) {
 	r := c.srv.repl
 	start := len(c.wbuf)
-	var calls []*call
+	first := len(c.calls)
 	mu := &r.vbLocks[vb]
 	mu.Lock()
 	c.execute(req)
 	if succeeded(c.wbuf[start:]) {
-		frame := r.copyFrame(req.Key, vb)
-		op := protocol.Opcode(frame[1])
+		c.scratch = r.appendCopy(c.scratch[:0], req.Key, vb)
+		op := protocol.Opcode(c.scratch[1])
 		for _, t := range rt.targets[vb] {
 			addr := rt.m.Servers[t].KV
 			r.start(vb, rt.m.Servers[t].Name, addr)
-			calls = append(calls, c.srv.peers.send(addr, uint64(vb), frame, op))
+			cl := c.send(addr, uint64(vb), c.scratch, op)
+			if r.sync {
+				c.calls = append(c.calls, cl)
+			}
 		}
 	}
 	mu.Unlock()
-	if len(calls) == 0 || !r.sync {
+	if len(c.calls) == first {
 		return
 	}
-	local := bytes.Clone(c.wbuf[start:])
+	local := c.hold(c.wbuf[start:])
 	c.wbuf = c.wbuf[:start]
 	c.slots = append(c.slots, slot{
-		at: start, frame: copyRequest(req, vb), vb: vb, rev: rt.m.Rev, repl: calls, local: local,
+		at: start, frame: c.holdRequest(req, vb), vb: vb, rev: rt.m.Rev,
+		repl: c.calls[first:len(c.calls):len(c.calls)], local: local,
 	})
 }
 
@@ -117,21 +121,40 @@ func succeeded(resp []byte) bool {
 	return len(resp) == 0 || respStatus(resp) == protocol.StatusOK
 }
 
-// copyRequest returns a copy of req as a frame with vbucket vb.
-func copyRequest(req *protocol.Request, vb uint16) []byte {
-	return protocol.AppendFrame(nil, &protocol.Frame{
+// holdRequest returns a copy of req as a frame with vbucket vb, held
+// until the batch is flushed (see hold).
+func (c *conn) holdRequest(req *protocol.Request, vb uint16) []byte {
+	at := len(c.held)
+	c.held = protocol.AppendFrame(c.held, &protocol.Frame{
 		Magic: protocol.MagicRequest, Opcode: req.Opcode, DataType: req.DataType, VBucket: vb,
 		Opaque: req.Opaque, CAS: req.CAS, Extras: req.Extras, Key: req.Key, Value: req.Value,
 	})
+	return c.held[at:len(c.held):len(c.held)]
 }
 
-// copyFrame returns the stream message that brings a receiver's copy of
-// key up to this node's: SET_WITH_META with the item, or DEL_WITH_META if
-// it is gone. The caller holds the vbucket's lock.
-func (r *replicator) copyFrame(key []byte, vb uint16) []byte {
+// hold returns a copy of b that stays valid until the batch is flushed.
+// The copies share one buffer per connection: when it grows, the copies
+// made before stay in the old array, which lives as long as they do.
+func (c *conn) hold(b []byte) []byte {
+	at := len(c.held)
+	c.held = append(c.held, b...)
+	return c.held[at:len(c.held):len(c.held)]
+}
+
+// appendCopy appends to dst the stream message that brings a receiver's
+// copy of key up to this node's: SET_WITH_META with the item, or
+// DEL_WITH_META if it is gone. The caller holds the vbucket's lock.
+func (r *replicator) appendCopy(dst, key []byte, vb uint16) []byte {
 	st := r.srv.cfg.Store
-	value, m, ok := st.GetWithMeta(key, nil)
-	var extras [24]byte // flags, expiration, seqno (unused), CAS
+	// The frame is header, extras (flags, expiration, seqno (unused),
+	// CAS), key, value; the value goes in place, then the rest around it.
+	const extrasLen = 24
+	at := len(dst)
+	body := at + protocol.HeaderLen + extrasLen + len(key)
+	dst = slices.Grow(dst, body-at)[:body]
+	dst, m, ok := st.GetWithMeta(key, dst)
+	extras := dst[at+protocol.HeaderLen : at+protocol.HeaderLen+extrasLen]
+	clear(extras)
 	op := protocol.OpSetWithMeta
 	if ok {
 		binary.BigEndian.PutUint32(extras[0:4], m.Flags)
@@ -141,10 +164,10 @@ func (r *replicator) copyFrame(key []byte, vb uint16) []byte {
 		op = protocol.OpDelWithMeta
 		binary.BigEndian.PutUint64(extras[16:24], st.NextCAS())
 	}
-	return protocol.AppendFrame(nil, &protocol.Frame{
-		Magic: protocol.MagicRequest, Opcode: op, DataType: m.DataType, VBucket: vb,
-		Extras: extras[:], Key: key, Value: value,
-	})
+	copy(dst[at+protocol.HeaderLen+extrasLen:], key)
+	protocol.AppendHeader(dst[at:at], protocol.MagicRequest, op, len(key), extrasLen,
+		m.DataType, vb, len(dst)-at-protocol.HeaderLen, 0, 0)
+	return dst
 }
 
 // start begins the stream of vb to the named server, if it has not begun:
@@ -160,7 +183,7 @@ func (r *replicator) start(vb uint16, name, addr string) {
 	r.started[k] = true
 	r.srv.peers.send(addr, uint64(vb), protocol.AppendFrame(nil, &protocol.Frame{
 		Magic: protocol.MagicRequest, Opcode: protocol.OpDelVBucket, VBucket: vb,
-	}), protocol.OpDelVBucket)
+	}), protocol.OpDelVBucket, nil)
 }
 
 // applyCopy serves the stream messages a peer sends: SET_WITH_META,
