@@ -40,10 +40,12 @@
 #   c16-d1, c16-d16   ops/s >= 1.0x, CPU µs/op <= 1.0x, p99 <= 1.0x
 #   c256-d1           ops/s >= 1.0x, no node connection failed
 #   fill-1M           RSS <= 1.2x
-#   evict             node RSS <= EVICT_MEMORY_MIB + EVICT_OVERHEAD_MIB
+#   evict             node RSS <= EVICT_MEMORY_MIB + the README's overhead
+#                     (32 MiB + 40 B per item held) or EVICT_OVERHEAD_MIB
 #   gc-1M             p999 <= 2.0x
 #   fwd               forwarded/direct ops/s >= 0.5x
-#   repl              replicated/unreplicated CPU µs/op (3 nodes) <= 2.0x
+#   repl, repl-d1     replicated/unreplicated CPU µs/op (3 nodes) <= 2.0x,
+#                     at pipeline depth 16 and 1
 #
 # Settings, all from the environment:
 #   DURATION              measured time per load and server       (10s)
@@ -53,7 +55,8 @@
 #   GET_RATIO             fraction of GETs in the mixed loads     (0.9)
 #   EVICT_ITEMS           items the evict load stores             (1000000)
 #   EVICT_MEMORY_MIB      memory limit of both servers in evict   (64)
-#   EVICT_OVERHEAD_MIB    node RSS allowed above that limit       (48)
+#   EVICT_OVERHEAD_MIB    node RSS allowed above that limit (the README's
+#                         bound: 32 MiB + 40 B per item held)
 #   CLUSTER_TIMEOUT       seconds a cluster may take to settle    (60)
 #   CLUSTER_DRAIN         the cluster nodes' -drain-timeout       (5s)
 #   BENCH_LOADS           names of the loads to run, space-separated (all)
@@ -92,7 +95,7 @@ VALUE_SIZE=${VALUE_SIZE:-100}
 GET_RATIO=${GET_RATIO:-0.9}
 EVICT_ITEMS=${EVICT_ITEMS:-1000000}
 EVICT_MEMORY_MIB=${EVICT_MEMORY_MIB:-64}
-EVICT_OVERHEAD_MIB=${EVICT_OVERHEAD_MIB:-48}
+EVICT_OVERHEAD_MIB=${EVICT_OVERHEAD_MIB:-}
 CLUSTER_TIMEOUT=${CLUSTER_TIMEOUT:-60}
 CLUSTER_DRAIN=${CLUSTER_DRAIN:-5s}
 BENCH_LOADS=${BENCH_LOADS:-}
@@ -130,6 +133,7 @@ LOADS=(
 	"gc-1M      mixed  -conns 16 -depth 1 -keys 1000000"
 	"fwd        fwd    -conns 16 -depth 1"
 	"repl       repl   -conns 16 -depth 16 -get-ratio 0"
+	"repl-d1    repl   -conns 16 -depth 1 -get-ratio 0"
 )
 
 # The two columns of the comparison for the memcached loads. The second is
@@ -873,11 +877,29 @@ c16-d16  ratio  p99          <=  1.0  p99 $c/$BASELINE, lower is better
 c256-d1  ratio  ops_s        >=  1.0  ops/s $c/$BASELINE, higher is better
 c256-d1  $c     conn_errors  ==  0    connections of $c that failed
 fill-1M  ratio  rss          <=  1.2  RSS $c/$BASELINE, lower is better
-evict    $c     rss          <=  $((EVICT_MEMORY_MIB + EVICT_OVERHEAD_MIB))  RSS MiB of $c, limit $EVICT_MEMORY_MIB + overhead $EVICT_OVERHEAD_MIB MiB
+evict    $c     rss          <=  $(evict_bound)  RSS MiB of $c, limit $EVICT_MEMORY_MIB + overhead $(evict_overhead) MiB
 gc-1M    ratio  p999         <=  2.0  p999 $c/$BASELINE, lower is better
 fwd      ratio  ops_s        >=  0.5  ops/s forwarded/direct, higher is better
 repl     ratio  cpu          <=  2.0  CPU time/op (3 nodes) replicated/unreplicated, lower is better
+repl-d1  ratio  cpu          <=  2.0  CPU time/op (3 nodes) replicated/unreplicated, lower is better
 EOF
+}
+
+# evict_overhead prints the node's documented memory overhead in MiB for the
+# evict load (README, "Memory"): EVICT_OVERHEAD_MIB if set, else 32 MiB plus
+# 40 bytes per item it holds after the load (plus one connection's 16 KiB).
+evict_overhead() {
+	if [[ -n $EVICT_OVERHEAD_MIB ]]; then
+		echo "$EVICT_OVERHEAD_MIB"
+		return
+	fi
+	local items=${RESULT[evict|$CANDIDATE|items]:-0}
+	[[ $items =~ ^[0-9]+$ ]] || items=0
+	echo $(((32 << 20 | 16 << 10) + 40 * items + (1 << 20) - 1 >> 20))
+}
+
+evict_bound() {
+	echo $((EVICT_MEMORY_MIB + $(evict_overhead)))
 }
 
 # print_targets prints every target of the loads that ran with its figure
@@ -948,7 +970,7 @@ print_context() {
 		"GET ratio $GET_RATIO, $WARMUP warmup then $DURATION measured"
 	if selected evict; then
 		echo "- evict: $EVICT_ITEMS items into both servers at -m $EVICT_MEMORY_MIB / -memory-limit ${EVICT_MEMORY_MIB}MiB;" \
-			"node RSS bound $EVICT_MEMORY_MIB + $EVICT_OVERHEAD_MIB = $((EVICT_MEMORY_MIB + EVICT_OVERHEAD_MIB)) MiB (EVICT_OVERHEAD_MIB)"
+			"node RSS bound: limit + ${EVICT_OVERHEAD_MIB:-32 MiB + 40 B per item held} (EVICT_OVERHEAD_MIB)"
 	fi
 	if [[ -n $NODE ]] && { selected fwd || selected repl; }; then
 		echo "- fwd, repl: $CLUSTER_SIZE node processes on 127.0.0.1, -memory-limit ${MEMORY_MIB}MiB each, legacy client" \
