@@ -22,7 +22,7 @@ const (
 )
 
 // conn is one client connection. All its fields but stats belong to the
-// connection's goroutine.
+// goroutine serving it: its event loop's, or its own once handed off.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -41,6 +41,9 @@ type conn struct {
 	// spare is the buffer assemble swaps with wbuf.
 	slots []slot
 	spare []byte
+
+	// lio is set while an event loop serves the connection (loop_linux.go).
+	lio *loopIO
 
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
@@ -123,6 +126,9 @@ func (c *conn) handleBuffered() (quit bool) {
 			return true
 		}
 		if len(c.wbuf) >= flushAt {
+			if c.lio != nil {
+				return false // an event loop never blocks: it hands c off
+			}
 			if c.flush() != nil {
 				return true
 			}
