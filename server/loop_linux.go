@@ -4,6 +4,7 @@ package server
 
 import (
 	"errors"
+	"net"
 	"os"
 	"runtime"
 	"sync"
@@ -36,8 +37,11 @@ import (
 // holding no thread. syscall.RawConn.Read waits only after its function
 // returns false, and the runtime forgets readiness it saw before the call;
 // so the loop's function always tries epoll_wait (timeout 0) first and asks
-// to wait only when nothing is ready, and the socket reads and writes never
-// ask to wait at all.
+// to wait only when nothing is ready.
+//
+// The sockets themselves are not in the runtime's poller while a loop
+// serves them (see loopIO), so the loop reads and writes them with plain
+// system calls and never waits on one.
 
 const (
 	// loopEvents is the most ready sockets one epoll_wait returns.
@@ -70,17 +74,15 @@ type eventLoop struct {
 	waitFn func(uintptr) bool
 }
 
-// loopIO is what a connection served by a loop needs for unblocking reads
-// and writes. The functions are made once, so a read or write allocates
-// nothing.
+// loopIO is what the loop holds of a connection it serves.
 type loopIO struct {
-	loop    *eventLoop
-	rc      syscall.RawConn
-	fd      int32
-	n       int
-	errno   error
-	readFn  func(uintptr) bool
-	writeFn func(uintptr) bool
+	loop *eventLoop
+	// fd is the loop's own duplicate of the socket, outside the runtime's
+	// poller: the connection's net.Conn is closed while the loop serves it,
+	// so each arriving request wakes one poller, not two, and the loop
+	// reads and writes with plain system calls. Only the loop uses and
+	// closes fd.
+	fd int
 }
 
 // startLoops starts one event loop per P. It returns nil if the system does
@@ -141,7 +143,8 @@ func newEventLoop(s *Server) (*eventLoop, error) {
 // add makes c one of l's connections. It reports false, having changed
 // nothing, if c cannot be served by a loop.
 func (l *eventLoop) add(c *conn) bool {
-	sc, ok := c.nc.(syscall.Conn)
+	nc := c.nc // once c is in l, l owns c.nc
+	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return false
 	}
@@ -149,54 +152,51 @@ func (l *eventLoop) add(c *conn) bool {
 	if err != nil {
 		return false
 	}
-	lio := &loopIO{loop: l, rc: rc}
-	lio.readFn = func(fd uintptr) bool {
-		for {
-			lio.n, lio.errno = syscall.Read(int(fd), c.rbuf[c.w:])
-			if lio.errno != syscall.EINTR {
-				return true // never wait here: the loop waits for readiness
-			}
-		}
-	}
-	lio.writeFn = func(fd uintptr) bool {
-		for {
-			lio.n, lio.errno = syscall.Write(int(fd), c.wbuf)
-			if lio.errno != syscall.EINTR {
-				return true
-			}
-		}
+	fd := -1
+	rc.Control(func(s uintptr) { fd = dupCloexec(int(s)) })
+	if fd < 0 {
+		return false
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.dead {
+	// Input that arrived before this shows as ready at once.
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: int32(fd)}
+	if l.dead || syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev) != nil {
+		l.mu.Unlock()
+		syscall.Close(fd)
 		return false
 	}
-	added := false
-	rc.Control(func(fd uintptr) {
-		lio.fd = int32(fd)
-		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: int32(fd)}
-		// Input that arrived before this shows as ready at once.
-		added = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev) == nil
-	})
-	if !added {
-		return false
-	}
-	c.lio = lio
-	l.conns[lio.fd] = c
+	c.lio = &loopIO{loop: l, fd: fd}
+	l.conns[int32(fd)] = c
+	l.mu.Unlock()
+	nc.Close() // fd keeps the socket open
 	return true
 }
 
-// remove takes c out of l: it gets no more events.
-func (l *eventLoop) remove(c *conn) {
-	l.mu.Lock()
-	if l.conns[c.lio.fd] == c {
-		delete(l.conns, c.lio.fd)
+// dupCloexec returns a close-on-exec duplicate of fd, or -1.
+func dupCloexec(fd int) int {
+	for {
+		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
+		if errno == 0 {
+			return int(r)
+		}
+		if errno != syscall.EINTR {
+			return -1
+		}
 	}
+}
+
+// remove takes c out of l and returns its descriptor, which gets no more
+// events.
+func (l *eventLoop) remove(c *conn) int {
+	fd := c.lio.fd
+	l.mu.Lock()
+	delete(l.conns, int32(fd))
 	l.mu.Unlock()
-	c.lio.rc.Control(func(fd uintptr) {
-		syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
-	})
+	// Explicitly: a duplicate of fd made for a net.Conn would otherwise keep
+	// it in the epoll set.
+	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
 	c.lio = nil
+	return fd
 }
 
 // run serves l's connections until the server closes.
@@ -255,15 +255,33 @@ func (l *eventLoop) closeAll() {
 
 // end closes c.
 func (l *eventLoop) end(c *conn) {
-	l.remove(c)
-	c.nc.Close()
+	syscall.Close(l.remove(c))
 	c.srv.removeConn(c)
 }
 
-// handOff moves c to a goroutine of its own, for good.
-func (l *eventLoop) handOff(c *conn) {
-	l.remove(c)
-	go c.serve()
+// handOff moves c to a goroutine of its own, for good, with a new net.Conn:
+// quit says c is to close once its responses are written.
+func (l *eventLoop) handOff(c *conn, quit bool) {
+	f := os.NewFile(uintptr(l.remove(c)), "")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		l.srv.log.Warn("connection dropped: no descriptor for its goroutine", "peer", c.nc.RemoteAddr(), "err", err)
+		c.srv.removeConn(c)
+		return
+	}
+	c.srv.mu.Lock() // Shutdown and Close read c.nc
+	c.nc = nc
+	c.srv.mu.Unlock()
+	if !quit {
+		go c.serve()
+		return
+	}
+	go func() {
+		c.flush()
+		c.nc.Close()
+		c.srv.removeConn(c)
+	}()
 }
 
 // step reads what c's client sent, handles it and writes the responses,
@@ -275,11 +293,10 @@ func (l *eventLoop) step(c *conn, hup bool) {
 	for range loopReads {
 		c.makeRoom()
 		space := len(c.rbuf) - c.w
-		if err := lio.rc.Read(lio.readFn); err != nil {
-			l.end(c) // closed by Server.Close
-			return
+		n, errno := syscall.Read(lio.fd, c.rbuf[c.w:])
+		if errno == syscall.EINTR {
+			continue
 		}
-		n, errno := lio.n, lio.errno
 		if n > 0 {
 			c.w += n
 			c.stats[cBytesRead].Add(uint64(n))
@@ -295,16 +312,11 @@ func (l *eventLoop) step(c *conn, hup bool) {
 			return
 		}
 		if quit := c.handleBuffered(); quit {
-			l.remove(c)
-			go func() {
-				c.flush()
-				c.nc.Close()
-				c.srv.removeConn(c)
-			}()
+			l.handOff(c, true)
 			return
 		}
 		if len(c.slots) > 0 || len(c.wbuf) >= flushAt {
-			l.handOff(c)
+			l.handOff(c, false)
 			return
 		}
 		done, err := c.writeNow()
@@ -314,7 +326,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 			l.end(c)
 			return
 		case !done:
-			l.handOff(c)
+			l.handOff(c, false)
 			return
 		case l.srv.closing.Load():
 			l.end(c)
@@ -329,12 +341,11 @@ func (l *eventLoop) step(c *conn, hup bool) {
 // writeNow writes wbuf without blocking and reports whether all of it
 // went; if not, wbuf holds the rest.
 func (c *conn) writeNow() (done bool, err error) {
-	lio := c.lio
 	for len(c.wbuf) > 0 {
-		if err := lio.rc.Write(lio.writeFn); err != nil {
-			return false, err
+		n, errno := syscall.Write(c.lio.fd, c.wbuf)
+		if errno == syscall.EINTR {
+			continue
 		}
-		n, errno := lio.n, lio.errno
 		if n > 0 {
 			c.stats[cBytesWritten].Add(uint64(n))
 			if n < len(c.wbuf) {
