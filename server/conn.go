@@ -24,7 +24,7 @@ const (
 )
 
 // conn is one client connection. All its fields but stats belong to the
-// connection's goroutine.
+// goroutine serving it: its event loop's, or its own once handed off.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -56,6 +56,9 @@ type conn struct {
 	// timer bounds the wait for one (see wait).
 	notify chan struct{}
 	timer  *time.Timer
+
+	// lio is set while an event loop serves the connection (loop_linux.go).
+	lio *loopIO
 
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
@@ -139,6 +142,9 @@ func (c *conn) handleBuffered() (quit bool) {
 			return true
 		}
 		if len(c.wbuf) >= flushAt {
+			if c.lio != nil {
+				return false // an event loop never blocks: it hands c off
+			}
 			if c.flush() != nil {
 				return true
 			}

@@ -1,10 +1,14 @@
 // Package server is the memcached binary protocol listener and dispatcher.
 //
-// Each accepted connection is served by one goroutine that reads everything
-// the client has sent, handles every complete request in it in order, and
-// writes all the responses with a single flush (tidwall/redcon and
-// net/http's Server are the models). Quiet commands answer only on error and
-// every response echoes its request's opaque.
+// A connection is served by reading everything the client has sent,
+// handling every complete request in it in order, and writing all the
+// responses with a single write. On Linux that is done by a few event loops,
+// each serving many connections from one epoll instance, as memcached does
+// (loop_linux.go); a connection that would block moves to a goroutine of its
+// own, which does the same with blocking reads and writes (tidwall/redcon
+// and net/http's Server are the models), and elsewhere every connection has
+// one. Quiet commands answer only on error and every response echoes its
+// request's opaque.
 //
 // Invariants:
 //   - A connection's buffers grow only with the bytes a client has actually
@@ -80,6 +84,10 @@ type Config struct {
 	// expirations into absolute ones. It must agree with the store's clock;
 	// default time.Now().Unix.
 	Now func() int64
+
+	// goroutinePerConn serves every connection with a goroutine of its own,
+	// never by an event loop; tests and benchmarks compare the two.
+	goroutinePerConn bool
 }
 
 const (
@@ -114,6 +122,13 @@ type Server struct {
 	conns     map[*conn]struct{}
 	closed    counters // counters of connections that have ended
 	connWG    sync.WaitGroup
+
+	// loops are the event loops (loop_linux.go), started with the first
+	// connection; nil if none could be. Guarded by mu.
+	loops      []*eventLoop
+	loopsTried bool
+	loopNext   atomic.Uint32
+	loopWG     sync.WaitGroup
 
 	currConns     atomic.Int64
 	totalConns    atomic.Uint64
@@ -247,8 +262,16 @@ func (s *Server) startConn(nc net.Conn) bool {
 	}
 	s.conns[c] = struct{}{}
 	s.connWG.Add(1)
+	if !s.loopsTried && !s.cfg.goroutinePerConn {
+		s.loopsTried = true
+		s.loops = startLoops(s)
+	}
+	loops := s.loops
 	s.mu.Unlock()
 	s.currConns.Add(1)
+	if len(loops) > 0 && loops[s.loopNext.Add(1)%uint32(len(loops))].add(c) {
+		return true
+	}
 	go c.serve()
 	return true
 }
@@ -282,7 +305,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 
 	done := make(chan struct{})
-	go func() { s.connWG.Wait(); close(done) }()
+	go func() { s.connWG.Wait(); s.loopWG.Wait(); close(done) }()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -293,6 +316,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		for c := range s.conns {
 			c.nc.SetReadDeadline(time.Now())
 		}
+		s.wakeLoops()
 		s.mu.Unlock()
 		select {
 		case <-done:
@@ -317,6 +341,7 @@ func (s *Server) Close() error {
 	for c := range s.conns {
 		c.nc.Close()
 	}
+	s.wakeLoops()
 	s.mu.Unlock()
 	s.stopStreams()
 	return nil

@@ -1,0 +1,384 @@
+//go:build linux
+
+package server
+
+import (
+	"errors"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Event loops (Linux). A connection is first served by an event loop rather
+// than by a goroutine of its own: each loop owns an epoll instance
+// (edge-triggered) holding its connections' sockets, and when one of them
+// becomes readable the loop itself reads what arrived, handles every
+// complete request and writes the responses, all without blocking.
+//
+// The reason is the cost per request at many connections with one request
+// in flight each. A goroutine per connection reads until the socket says
+// EAGAIN before the runtime's poller may wait for it, so each request costs
+// a second, empty read, and a park and a wakeup of its goroutine. A loop
+// reads only sockets that epoll reported ready, once each (again only when
+// the read filled the buffer), and one epoll_wait returns many ready
+// sockets. memcached works the same way.
+//
+// Anything that would block moves the connection to a goroutine of its own
+// for the rest of its life (conn.serve): responses owed by other nodes
+// (forwarding, replication), a write the socket does not take in full, a
+// batch of responses past flushAt, QUIT. So a loop never waits for one
+// client or node, and the blocking paths are the goroutine code.
+//
+// A loop waits through the Go runtime's poller, not in epoll_wait: its epoll
+// descriptor is itself pollable, so an idle loop is a parked goroutine
+// holding no thread. syscall.RawConn.Read waits only after its function
+// returns false, and the runtime forgets readiness it saw before the call;
+// so the loop's function always tries epoll_wait (timeout 0) first and asks
+// to wait only when nothing is ready.
+//
+// The sockets themselves are not in the runtime's poller while a loop
+// serves them (see loopIO), so the loop reads and writes them with plain
+// system calls and never waits on one.
+
+const (
+	// loopEvents is the most ready sockets one epoll_wait returns.
+	loopEvents = 256
+	// loopReads is how many full buffers a loop reads from one connection
+	// before serving the others; the connection is served again after them.
+	loopReads = 4
+	// epollET is EPOLLET as the uint32 of EpollEvent.Events (the syscall
+	// package's constant is negative).
+	epollET = 1 << 31
+)
+
+// eventLoop is one event loop; see above.
+type eventLoop struct {
+	srv  *Server
+	epfd int
+	file *os.File        // epfd, registered with the runtime's poller
+	rc   syscall.RawConn // file's, to wait for epfd to become readable
+
+	mu    sync.Mutex
+	conns map[int32]*conn // by socket descriptor
+	dead  bool            // the loop has ended; add nothing
+
+	// Belong to the loop's goroutine.
+	events [loopEvents]syscall.EpollEvent
+	again  []*conn // connections with input left to read, served next round
+	next   []*conn
+	n      int   // events from the last epoll_wait
+	errno  error // its error
+	waitFn func(uintptr) bool
+}
+
+// loopIO is what the loop holds of a connection it serves.
+type loopIO struct {
+	loop *eventLoop
+	// fd is the loop's own duplicate of the socket, outside the runtime's
+	// poller: the connection's net.Conn is closed while the loop serves it,
+	// so each arriving request wakes one poller, not two, and the loop
+	// reads and writes with plain system calls. Only the loop uses and
+	// closes fd.
+	fd int
+}
+
+// startLoops starts one event loop per P. It returns nil if the system does
+// not allow them, in which case every connection gets a goroutine.
+func startLoops(s *Server) []*eventLoop {
+	var loops []*eventLoop
+	for range runtime.GOMAXPROCS(0) {
+		l, err := newEventLoop(s)
+		if err != nil {
+			s.log.Warn("event loops unavailable; one goroutine per connection", "err", err)
+			for _, l := range loops {
+				l.file.Close()
+			}
+			return nil
+		}
+		loops = append(loops, l)
+	}
+	for _, l := range loops {
+		s.loopWG.Go(l.run)
+	}
+	return loops
+}
+
+func newEventLoop(s *Server) (*eventLoop, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		syscall.Close(epfd)
+		return nil, os.NewSyscallError("setnonblock", err)
+	}
+	f := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	// A deadline works only on a descriptor the runtime polls: this checks
+	// that the loop can wait through the runtime's poller.
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		f.Close()
+		return nil, err
+	}
+	l := &eventLoop{srv: s, epfd: epfd, file: f, rc: rc, conns: make(map[int32]*conn)}
+	l.waitFn = func(fd uintptr) bool {
+		for {
+			l.n, l.errno = syscall.EpollWait(int(fd), l.events[:], 0)
+			if l.errno != syscall.EINTR {
+				break
+			}
+		}
+		return l.n != 0 || l.errno != nil
+	}
+	return l, nil
+}
+
+// add makes c one of l's connections. It reports false, having changed
+// nothing, if c cannot be served by a loop.
+func (l *eventLoop) add(c *conn) bool {
+	nc := c.nc // once c is in l, l owns c.nc
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd := -1
+	rc.Control(func(s uintptr) { fd = dupCloexec(int(s)) })
+	if fd < 0 {
+		return false
+	}
+	l.mu.Lock()
+	// Input that arrived before this shows as ready at once.
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: int32(fd)}
+	if l.dead || syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev) != nil {
+		l.mu.Unlock()
+		syscall.Close(fd)
+		return false
+	}
+	c.lio = &loopIO{loop: l, fd: fd}
+	l.conns[int32(fd)] = c
+	l.mu.Unlock()
+	nc.Close() // fd keeps the socket open
+	return true
+}
+
+// dupCloexec returns a close-on-exec duplicate of fd, or -1.
+func dupCloexec(fd int) int {
+	for {
+		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
+		if errno == 0 {
+			return int(r)
+		}
+		if errno != syscall.EINTR {
+			return -1
+		}
+	}
+}
+
+// remove takes c out of l and returns its descriptor, which gets no more
+// events.
+func (l *eventLoop) remove(c *conn) int {
+	fd := c.lio.fd
+	l.mu.Lock()
+	delete(l.conns, int32(fd))
+	l.mu.Unlock()
+	// Explicitly: a duplicate of fd made for a net.Conn would otherwise keep
+	// it in the epoll set.
+	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	c.lio = nil
+	return fd
+}
+
+// run serves l's connections until the server closes.
+func (l *eventLoop) run() {
+	defer l.file.Close()
+	for !l.srv.closing.Load() {
+		// Wait for events only when no connection has input left over.
+		var err error
+		if len(l.again) > 0 {
+			l.waitFn(uintptr(l.epfd))
+		} else {
+			err = l.rc.Read(l.waitFn)
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			l.srv.log.Error("event loop failed", "err", err)
+			break
+		}
+		if l.errno != nil {
+			l.srv.log.Error("event loop failed", "err", os.NewSyscallError("epoll_wait", l.errno))
+			break
+		}
+		l.next, l.again = l.again, l.next[:0]
+		for i := range l.n {
+			l.mu.Lock()
+			c := l.conns[l.events[i].Fd]
+			l.mu.Unlock()
+			if c != nil {
+				l.step(c, l.events[i].Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0)
+			}
+		}
+		l.n = 0
+		for _, c := range l.next {
+			if c.lio != nil && c.lio.loop == l {
+				l.step(c, false)
+			}
+		}
+		clear(l.next)
+	}
+	l.closeAll()
+}
+
+// closeAll ends every connection l holds: they have answered all they have
+// read.
+func (l *eventLoop) closeAll() {
+	l.mu.Lock()
+	l.dead = true
+	conns := make([]*conn, 0, len(l.conns))
+	for _, c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		l.end(c)
+	}
+}
+
+// end closes c.
+func (l *eventLoop) end(c *conn) {
+	syscall.Close(l.remove(c))
+	c.srv.removeConn(c)
+}
+
+// handOff moves c to a goroutine of its own, for good, with a new net.Conn:
+// quit says c is to close once its responses are written.
+func (l *eventLoop) handOff(c *conn, quit bool) {
+	f := os.NewFile(uintptr(l.remove(c)), "")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		l.srv.log.Warn("connection dropped: no descriptor for its goroutine", "peer", c.nc.RemoteAddr(), "err", err)
+		c.srv.removeConn(c)
+		return
+	}
+	c.srv.mu.Lock() // Shutdown and Close read c.nc
+	c.nc = nc
+	c.srv.mu.Unlock()
+	if !quit {
+		go c.serve()
+		return
+	}
+	go func() {
+		c.flush()
+		c.nc.Close()
+		c.srv.removeConn(c)
+	}()
+}
+
+// step reads what c's client sent, handles it and writes the responses,
+// without blocking; see the top of this file. hup says the event reported
+// the client's end closed: then c reads on to the end of its input, since
+// no event will come for it.
+func (l *eventLoop) step(c *conn, hup bool) {
+	lio := c.lio
+	for range loopReads {
+		c.makeRoom()
+		space := len(c.rbuf) - c.w
+		n, errno := syscall.Read(lio.fd, c.rbuf[c.w:])
+		if errno == syscall.EINTR {
+			continue
+		}
+		if n > 0 {
+			c.w += n
+			c.stats[cBytesRead].Add(uint64(n))
+		}
+		switch {
+		case errno == syscall.EAGAIN:
+			return // nothing new: a stale event
+		case n <= 0: // EOF or a read error
+			if errno != nil && errno != syscall.ECONNRESET {
+				l.srv.log.Debug("read failed", "peer", c.nc.RemoteAddr(), "err", errno)
+			}
+			l.end(c)
+			return
+		}
+		if quit := c.handleBuffered(); quit {
+			l.handOff(c, true)
+			return
+		}
+		if len(c.slots) > 0 || len(c.wbuf) >= flushAt {
+			l.handOff(c, false)
+			return
+		}
+		done, err := c.writeNow()
+		switch {
+		case err != nil:
+			l.srv.log.Debug("write failed", "peer", c.nc.RemoteAddr(), "err", err)
+			l.end(c)
+			return
+		case !done:
+			l.handOff(c, false)
+			return
+		case l.srv.closing.Load():
+			l.end(c)
+			return
+		case n < space && !hup:
+			return // read everything there was
+		}
+	}
+	l.again = append(l.again, c) // the buffer filled each time: more waits
+}
+
+// writeNow writes wbuf without blocking and reports whether all of it
+// went; if not, wbuf holds the rest.
+func (c *conn) writeNow() (done bool, err error) {
+	for len(c.wbuf) > 0 {
+		n, errno := syscall.Write(c.lio.fd, c.wbuf)
+		if errno == syscall.EINTR {
+			continue
+		}
+		if n > 0 {
+			c.stats[cBytesWritten].Add(uint64(n))
+			if n < len(c.wbuf) {
+				c.wbuf = c.wbuf[:copy(c.wbuf, c.wbuf[n:])]
+				continue
+			}
+			c.wbuf = c.wbuf[:0]
+			break
+		}
+		if errno == syscall.EAGAIN {
+			return false, nil
+		}
+		if errno == nil {
+			errno = syscall.EIO // a write of nothing
+		}
+		return false, errno
+	}
+	if cap(c.wbuf) > keepBuf {
+		c.wbuf = make([]byte, 0, initialBuf)
+	}
+	return true, nil
+}
+
+// wakeLoops makes every loop look at Server.closing.
+func (s *Server) wakeLoops() {
+	for _, l := range s.loops {
+		l.file.SetReadDeadline(time.Now())
+	}
+}
+
+// held counts the connections l serves.
+func (l *eventLoop) held() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
