@@ -53,12 +53,20 @@ type testNode struct {
 // the test unless the test stops it first.
 func startNode(t *testing.T, name string, vbuckets int, seeds ...string) *testNode {
 	t.Helper()
+	return startNodeWith(t, name, Config{VBuckets: vbuckets, Seeds: seeds})
+}
+
+// startNodeWith starts a node on 127.0.0.1 with cfg's settings, one
+// replica unless cfg says otherwise and a debug log kept for failures.
+func startNodeWith(t *testing.T, name string, cfg Config) *testNode {
+	t.Helper()
 	lb := &logBuffer{}
-	n, err := New(Config{
-		Listen: "127.0.0.1:0", Gossip: "127.0.0.1:0", HTTP: "127.0.0.1:0", Name: name,
-		Seeds: seeds, VBuckets: vbuckets, Replicas: 1,
-		Logger: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	cfg.Listen, cfg.Gossip, cfg.HTTP, cfg.Name = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", name
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 1
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	n, err := New(cfg)
 	if err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}

@@ -335,3 +335,32 @@ func TestTouchReachesReplica(t *testing.T) {
 		t.Fatalf("replica holds %+v (found %v); active holds %+v", copied, ok, primary)
 	}
 }
+
+// TestAsyncReplicationReachesReplica checks that with async replication a
+// write is answered at once and its copy still reaches the replica, with
+// nothing else sent after it to push it out.
+func TestAsyncReplicationReachesReplica(t *testing.T) {
+	nodes := []*testNode{startNodeWith(t, "node0", Config{AsyncReplication: true})}
+	nodes = append(nodes, startNodeWith(t, "node1", Config{AsyncReplication: true, Seeds: []string{nodes[0].Cluster().GossipAddr()}}))
+	m := waitConverged(t, nodes)
+	key, vb := keyOwnedBy(m, func(i int) bool { return i == m.IndexOf("node0") })
+	if m.VBuckets[vb][1] != m.IndexOf("node1") {
+		t.Fatalf("vbucket %d row %v: want node1 as its replica", vb, m.VBuckets[vb])
+	}
+	c := dial(t, nodes[0].KVAddr())
+	c.send(protocol.OpSet, 0, key, make([]byte, 8), "async")
+	if st, _ := c.recv(t); st != protocol.StatusOK {
+		t.Fatalf("SET: 0x%02x", st)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		v, _, ok := nodes[1].Store().GetWithMeta([]byte(key), nil)
+		if ok && string(v) == "async" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica holds %q (found %v) 5s after the write", v, ok)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
