@@ -319,6 +319,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 			l.handOff(c, false)
 			return
 		}
+		c.kickPeers() // copies of async replication owe no response
 		done, err := c.writeNow()
 		switch {
 		case err != nil:
