@@ -37,7 +37,7 @@ func FuzzStore(f *testing.F) {
 			numKeys = 6
 			numOps  = 14 // ops 0-11: a client's commands; 12, 13: copies from other nodes
 		)
-		s, _ := newTestStore(t, Config{MemoryLimit: 1 << 30, Shards: 2})
+		s, _ := newTestStore(t, Config{MemoryLimit: 1 << 24, Shards: 2})
 		model := map[string]*modelItem{}
 		var lastCAS uint64
 		// gotCAS checks that a successful mutation's CAS is new and larger.
