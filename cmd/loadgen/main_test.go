@@ -197,41 +197,15 @@ func fakeServer(t *testing.T) string {
 		wg.Wait()
 	})
 	serve := func(nc net.Conn) {
-		defer nc.Close()
-		buf := make([]byte, 0, 64<<10)
-		var out []byte
-		for {
-			if len(buf) == cap(buf) {
-				return
+		serveFake(nc, func(out []byte, req *protocol.Request) []byte {
+			switch req.Opcode {
+			case protocol.OpSet, protocol.OpSetQ:
+				return protocol.AppendError(out, req.Opcode, protocol.StatusOutOfMemory, req.Opaque)
+			case protocol.OpGet:
+				return protocol.AppendError(out, req.Opcode, protocol.StatusKeyNotFound, req.Opaque)
 			}
-			n, err := nc.Read(buf[len(buf):cap(buf)])
-			if err != nil {
-				return
-			}
-			buf = buf[:len(buf)+n]
-			out = out[:0]
-			for {
-				req, n, err := protocol.Parse(buf, protocol.MagicRequest, 1<<20)
-				if errors.Is(err, protocol.ErrIncomplete) {
-					break
-				}
-				if err != nil {
-					return
-				}
-				switch req.Opcode {
-				case protocol.OpSet, protocol.OpSetQ:
-					out = protocol.AppendError(out, req.Opcode, protocol.StatusOutOfMemory, req.Opaque)
-				case protocol.OpGet:
-					out = protocol.AppendError(out, req.Opcode, protocol.StatusKeyNotFound, req.Opaque)
-				default:
-					out = protocol.AppendHeader(out, protocol.MagicResponse, req.Opcode, 0, 0, 0, 0, 0, req.Opaque, 0)
-				}
-				buf = buf[:copy(buf, buf[n:])]
-			}
-			if _, err := nc.Write(out); err != nil {
-				return
-			}
-		}
+			return protocol.AppendHeader(out, protocol.MagicResponse, req.Opcode, 0, 0, 0, 0, 0, req.Opaque, 0)
+		})
 	}
 	wg.Add(1)
 	go func() {
@@ -292,5 +266,39 @@ func TestAppendKey(t *testing.T) {
 	buf := make([]byte, 0, 32)
 	if a := testing.AllocsPerRun(100, func() { buf = appendKey(buf[:0], 42) }); a != 0 {
 		t.Errorf("appendKey allocates %v times", a)
+	}
+}
+
+// serveFake serves a fake server's connection: it answers every request
+// with what handle appends, one write per read, until the client leaves or
+// sends something that is not a request.
+func serveFake(nc net.Conn, handle func(out []byte, req *protocol.Request) []byte) {
+	defer nc.Close()
+	buf := make([]byte, 0, 1<<20)
+	var out []byte
+	for {
+		if len(buf) == cap(buf) {
+			return
+		}
+		n, err := nc.Read(buf[len(buf):cap(buf)])
+		if err != nil {
+			return
+		}
+		buf = buf[:len(buf)+n]
+		out = out[:0]
+		for {
+			req, n, err := protocol.Parse(buf, protocol.MagicRequest, 1<<20)
+			if errors.Is(err, protocol.ErrIncomplete) {
+				break
+			}
+			if err != nil {
+				return
+			}
+			out = handle(out, &req)
+			buf = buf[:copy(buf, buf[n:])]
+		}
+		if _, err := nc.Write(out); err != nil {
+			return
+		}
 	}
 }

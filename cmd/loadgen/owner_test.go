@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"net"
@@ -192,36 +191,7 @@ func startClusterFake(t *testing.T, config func(addr string) []byte) *clusterFak
 	return f
 }
 
-func (f *clusterFake) serve(nc net.Conn) {
-	defer nc.Close()
-	buf := make([]byte, 0, 1<<20)
-	var out []byte
-	for {
-		if len(buf) == cap(buf) {
-			return
-		}
-		n, err := nc.Read(buf[len(buf):cap(buf)])
-		if err != nil {
-			return
-		}
-		buf = buf[:len(buf)+n]
-		out = out[:0]
-		for {
-			req, n, err := protocol.Parse(buf, protocol.MagicRequest, 1<<20)
-			if errors.Is(err, protocol.ErrIncomplete) {
-				break
-			}
-			if err != nil {
-				return
-			}
-			out = f.handle(out, &req)
-			buf = buf[:copy(buf, buf[n:])]
-		}
-		if _, err := nc.Write(out); err != nil {
-			return
-		}
-	}
-}
+func (f *clusterFake) serve(nc net.Conn) { serveFake(nc, f.handle) }
 
 // handle appends the response to req to out.
 func (f *clusterFake) handle(out []byte, req *protocol.Request) []byte {
