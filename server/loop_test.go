@@ -88,7 +88,12 @@ func TestLargeResponses(t *testing.T) {
 					_, err := c.nc.Write(bytes.Join(batch, nil))
 					sent <- err
 				}()
-				time.Sleep(100 * time.Millisecond) // let the server fill the socket
+				// The client reads nothing until the server has filled the
+				// socket; an event loop must then have handed the
+				// connection off (it cannot write the rest without waiting).
+				// Polled, not slept: under -race filling takes a while.
+				time.Sleep(100 * time.Millisecond)
+				waitFor(t, func() bool { return loopConns(srv) == 0 })
 				for i := range tc.gets {
 					res := c.read()
 					if res.Opaque != uint32(i) || len(res.Value) != len(value) {
