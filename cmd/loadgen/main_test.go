@@ -187,6 +187,22 @@ func TestRefusesNonLoopback(t *testing.T) {
 // tested without memcached.
 func fakeServer(t *testing.T) string {
 	t.Helper()
+	return listenFake(t, func(out []byte, req *protocol.Request) []byte {
+		switch req.Opcode {
+		case protocol.OpSet, protocol.OpSetQ:
+			return protocol.AppendError(out, req.Opcode, protocol.StatusOutOfMemory, req.Opaque)
+		case protocol.OpGet:
+			return protocol.AppendError(out, req.Opcode, protocol.StatusKeyNotFound, req.Opaque)
+		}
+		return protocol.AppendHeader(out, protocol.MagicResponse, req.Opcode, 0, 0, 0, 0, 0, req.Opaque, 0)
+	})
+}
+
+// listenFake starts a fake server on 127.0.0.1 that serves every
+// connection with serveFake and handle, until the test ends; it returns
+// the server's address.
+func listenFake(t *testing.T, handle func(out []byte, req *protocol.Request) []byte) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -196,32 +212,15 @@ func fakeServer(t *testing.T) string {
 		ln.Close()
 		wg.Wait()
 	})
-	serve := func(nc net.Conn) {
-		serveFake(nc, func(out []byte, req *protocol.Request) []byte {
-			switch req.Opcode {
-			case protocol.OpSet, protocol.OpSetQ:
-				return protocol.AppendError(out, req.Opcode, protocol.StatusOutOfMemory, req.Opaque)
-			case protocol.OpGet:
-				return protocol.AppendError(out, req.Opcode, protocol.StatusKeyNotFound, req.Opaque)
-			}
-			return protocol.AppendHeader(out, protocol.MagicResponse, req.Opcode, 0, 0, 0, 0, 0, req.Opaque, 0)
-		})
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for {
 			nc, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				serve(nc)
-			}()
+			wg.Go(func() { serveFake(nc, handle) })
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -162,36 +161,13 @@ type clusterFake struct {
 
 func startClusterFake(t *testing.T, config func(addr string) []byte) *clusterFake {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &clusterFake{addr: ln.Addr().String(), data: map[string][]byte{}, seen: map[string]int{}}
+	f := &clusterFake{data: map[string][]byte{}, seen: map[string]int{}}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.addr = listenFake(t, f.handle)
 	f.config = config(f.addr)
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				f.serve(nc)
-			}()
-		}
-	}()
 	return f
 }
-
-func (f *clusterFake) serve(nc net.Conn) { serveFake(nc, f.handle) }
 
 // handle appends the response to req to out.
 func (f *clusterFake) handle(out []byte, req *protocol.Request) []byte {
