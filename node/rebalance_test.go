@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"vbcache/protocol"
+	"vbcache/vbucket"
 )
 
 // Rebalance, replication and failover tests: data follows the map and no
@@ -362,5 +363,75 @@ func TestAsyncReplicationReachesReplica(t *testing.T) {
 			t.Fatalf("replica holds %q (found %v) 5s after the write", v, ok)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStreamStartEmptiesInOrder sends a replica what a stream start sends,
+// as a peer would, in one write: copies and DEL_VBUCKETs of two vbuckets
+// interleaved. The receiver empties vbuckets lazily, in one pass over the
+// store per batch, and must still apply them in order: a copy sent before
+// its vbucket's DEL_VBUCKET is gone, one sent after it stays.
+func TestStreamStartEmptiesInOrder(t *testing.T) {
+	nodes := startCluster(t, 2)
+	m := waitConverged(t, nodes)
+	recv := nodes[1]
+	self := m.IndexOf(recv.name)
+	var vbs []uint16 // two vbuckets recv holds as a replica
+	for vb := 0; len(vbs) < 2; vb++ {
+		if m.Active(uint16(vb)) != self {
+			vbs = append(vbs, uint16(vb))
+		}
+	}
+	keyIn := func(vb uint16, prefix string) string {
+		for i := 0; ; i++ {
+			k := fmt.Sprintf("%s-%d", prefix, i)
+			if vbucket.VBucket([]byte(k), m.NumVBuckets()) == vb {
+				return k
+			}
+		}
+	}
+	x, y := vbs[0], vbs[1]
+	meta := func(cas uint64) []byte {
+		e := make([]byte, 24)
+		binary.BigEndian.PutUint64(e[16:], cas)
+		return e
+	}
+	frame := func(op protocol.Opcode, vb uint16, key string, extras []byte) []byte {
+		f := &protocol.Frame{Magic: protocol.MagicRequest, Opcode: op, VBucket: vb, Extras: extras, Key: []byte(key)}
+		if op == protocol.OpSetWithMeta {
+			f.Value = []byte("v")
+		}
+		return protocol.AppendFrame(nil, f)
+	}
+	c := dial(t, recv.KVAddr())
+	c.send(protocol.OpHello, 0, "vbcache-peer test", nil, "") // the agent peers send
+	if st, _ := c.recv(t); st != protocol.StatusOK {
+		t.Fatalf("HELLO: %v", st)
+	}
+	earlyY := keyIn(y, "early")
+	c.nc.Write(frame(protocol.OpSetWithMeta, y, earlyY, meta(1<<40)))
+	if st, _ := c.recv(t); st != protocol.StatusOK {
+		t.Fatalf("SET_WITH_META before the batch: %v", st)
+	}
+
+	beforeX, afterX, afterY := keyIn(x, "before"), keyIn(x, "after"), keyIn(y, "after")
+	var batch []byte
+	batch = append(batch, frame(protocol.OpSetWithMeta, x, beforeX, meta(1<<40+1))...)
+	batch = append(batch, frame(protocol.OpDelVBucket, x, "", nil)...)
+	batch = append(batch, frame(protocol.OpDelVBucket, y, "", nil)...)
+	batch = append(batch, frame(protocol.OpSetWithMeta, x, afterX, meta(1<<40+2))...)
+	batch = append(batch, frame(protocol.OpSetWithMeta, y, afterY, meta(1<<40+3))...)
+	batch = append(batch, frame(protocol.OpDelVBucket, x, "", nil)...)
+	batch = append(batch, frame(protocol.OpNoop, 0, "", nil)...)
+	c.nc.Write(batch)
+	for i := range 7 {
+		if st, _ := c.recv(t); st != protocol.StatusOK {
+			t.Fatalf("response %d: %v", i, st)
+		}
+	}
+	for key, want := range map[string]bool{earlyY: false, beforeX: false, afterX: false, afterY: true} {
+		if _, _, ok := recv.Store().Get([]byte(key), nil); ok != want {
+			t.Errorf("%s held: %v, want %v", key, ok, want)
+		}
 	}
 }

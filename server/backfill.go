@@ -123,12 +123,22 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 	calls := map[streamKey][]*call{}
 	var frame []byte
 	notify, timer := make(chan struct{}, 1), newWaitTimer()
+	// Every stream starts before any is backfilled, so that the receivers
+	// get their DEL_VBUCKETs back to back and empty all those vbuckets in
+	// one pass over their stores (see conn.dropVBucket). Writes made in
+	// between are streamed in order after the start, and the backfilled
+	// copies, read later, are as new as they are.
 	for vb, streams := range todo {
 		mu := &r.vbLocks[vb]
 		mu.Lock()
 		for _, k := range streams {
 			r.start(vb, k.name, rt.m.Servers[want[k]].KV)
 		}
+		mu.Unlock()
+	}
+	for vb, streams := range todo {
+		mu := &r.vbLocks[vb]
+		mu.Lock()
 		for _, key := range keys[vb] {
 			frame = r.appendCopy(frame[:0], key, vb)
 			if protocol.Opcode(frame[1]) != protocol.OpSetWithMeta {

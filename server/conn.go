@@ -52,6 +52,10 @@ type conn struct {
 	// replica calls until the batch is flushed (see hold).
 	held  []byte
 	calls []*call
+	// drops marks the vbuckets whose DEL_VBUCKET a peer sent in this batch
+	// and that are not emptied yet (see dropVBuckets).
+	drops  []bool
+	ndrops int
 	// notify is signalled as this connection's calls to peers complete;
 	// timer bounds the wait for one (see wait).
 	notify chan struct{}
@@ -113,6 +117,12 @@ func (c *conn) serve() {
 // handleBuffered handles every complete frame in the read buffer, appending
 // responses to wbuf. It reports whether the connection must close.
 func (c *conn) handleBuffered() (quit bool) {
+	quit = c.handleFrames()
+	c.dropVBuckets()
+	return quit
+}
+
+func (c *conn) handleFrames() (quit bool) {
 	for {
 		if c.skip > 0 {
 			n := min(c.skip, uint64(c.w-c.r))
@@ -142,6 +152,7 @@ func (c *conn) handleBuffered() (quit bool) {
 			return true
 		}
 		if len(c.wbuf) >= flushAt {
+			c.dropVBuckets() // before their acknowledgements go out
 			if c.lio != nil {
 				return false // an event loop never blocks: it hands c off
 			}

@@ -202,12 +202,14 @@ func (c *conn) applyCopy(req *protocol.Request) {
 	st := c.srv.cfg.Store
 	switch req.Opcode {
 	case protocol.OpDelVBucket:
-		n, vb := rt.n, req.VBucket
-		st.DeleteWhere(func(k []byte) bool { return vbucket.VBucket(k, n) == vb })
+		c.dropVBucket(req.VBucket, rt.n)
 	case protocol.OpSetWithMeta, protocol.OpDelWithMeta:
 		if len(req.Extras) != 24 || len(req.Key) == 0 {
 			c.fail(req, protocol.StatusInvalidArgs)
 			return
+		}
+		if int(req.VBucket) < len(c.drops) && c.drops[req.VBucket] {
+			c.dropVBuckets() // the copy goes into the emptied vbucket
 		}
 		cas := binary.BigEndian.Uint64(req.Extras[16:24])
 		if req.Opcode == protocol.OpDelWithMeta {
@@ -224,4 +226,31 @@ func (c *conn) applyCopy(req *protocol.Request) {
 		}
 	}
 	c.ok(req, 0)
+}
+
+// dropVBucket empties this node's copy of vb before the next copy of vb
+// from this connection is applied, or at the end of the batch. A stream
+// start sends DEL_VBUCKET for hundreds of vbuckets back to back, and each
+// emptying is a scan of the whole store with every shard locked in turn:
+// marking them here lets one scan empty them all.
+func (c *conn) dropVBucket(vb uint16, n int) {
+	if len(c.drops) != n {
+		c.dropVBuckets()
+		c.drops = make([]bool, n)
+	}
+	if !c.drops[vb] {
+		c.drops[vb] = true
+		c.ndrops++
+	}
+}
+
+// dropVBuckets empties the vbuckets dropVBucket marked, in one scan.
+func (c *conn) dropVBuckets() {
+	if c.ndrops == 0 {
+		return
+	}
+	drops, n := c.drops, len(c.drops)
+	c.srv.cfg.Store.DeleteWhere(func(k []byte) bool { return drops[vbucket.VBucket(k, n)] })
+	clear(drops)
+	c.ndrops = 0
 }
