@@ -63,6 +63,8 @@ type conn struct {
 
 	// lio is set while an event loop serves the connection (loop_linux.go).
 	lio *loopIO
+	// frames counts the requests handleBuffered has handled.
+	frames int
 
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
@@ -136,6 +138,7 @@ func (c *conn) handleFrames() (quit bool) {
 		switch err {
 		case nil:
 			c.r += n
+			c.frames++
 			if c.handle(&req) {
 				return true
 			}

@@ -30,7 +30,10 @@ import (
 // for the rest of its life (conn.serve): responses owed by other nodes
 // (forwarding, replication), a write the socket does not take in full, a
 // batch of responses past flushAt, QUIT. So a loop never waits for one
-// client or node, and the blocking paths are the goroutine code.
+// client or node, and the blocking paths are the goroutine code. A client
+// that pipelines (loopPipeline requests in one read) moves too: it gains
+// little from a loop, and its batches would delay the loop's other
+// connections.
 //
 // A loop waits through the Go runtime's poller, not in epoll_wait: its epoll
 // descriptor is itself pollable, so an idle loop is a parked goroutine
@@ -49,6 +52,11 @@ const (
 	// loopReads is how many full buffers a loop reads from one connection
 	// before serving the others; the connection is served again after them.
 	loopReads = 4
+	// loopPipeline is the number of requests arriving in one read that
+	// makes a connection a pipelining one, which is handed to a goroutine
+	// of its own: its system calls are already shared by many requests, and
+	// on a loop it would hold up the loop's other connections.
+	loopPipeline = 8
 	// epollET is EPOLLET as the uint32 of EpollEvent.Events (the syscall
 	// package's constant is negative).
 	epollET = 1 << 31
@@ -311,6 +319,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 			l.end(c)
 			return
 		}
+		c.frames = 0
 		if quit := c.handleBuffered(); quit {
 			l.handOff(c, true)
 			return
@@ -331,6 +340,9 @@ func (l *eventLoop) step(c *conn, hup bool) {
 			return
 		case l.srv.closing.Load():
 			l.end(c)
+			return
+		case c.frames >= loopPipeline:
+			l.handOff(c, false)
 			return
 		case n < space && !hup:
 			return // read everything there was

@@ -9,6 +9,8 @@ type eventLoop struct{}
 
 type loopIO struct{}
 
+const loopPipeline = 8
+
 func startLoops(*Server) []*eventLoop { return nil }
 
 func (*eventLoop) add(*conn) bool { return false }

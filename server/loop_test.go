@@ -35,8 +35,8 @@ func loopConns(s *Server) int {
 	return n
 }
 
-// TestLoopsServeConnections: on Linux, ordinary connections stay on the
-// event loops.
+// TestLoopsServeConnections: on Linux, connections with a request or two in
+// flight stay on the event loops; one that pipelines moves to a goroutine.
 func TestLoopsServeConnections(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("event loops are Linux-only")
@@ -53,6 +53,22 @@ func TestLoopsServeConnections(t *testing.T) {
 	}
 	if n := loopConns(srv); n != len(cs) {
 		t.Fatalf("loops hold %d connections, want %d", n, len(cs))
+	}
+	// A client that pipelines moves to a goroutine; its answers are the
+	// same.
+	var batch [][]byte
+	for i := range loopPipeline {
+		batch = append(batch, frame(protocol.OpGet, key(0), "", nil, uint32(i), 0))
+	}
+	cs[0].send(batch...)
+	for i := range loopPipeline {
+		if res := cs[0].read(); res.Opaque != uint32(i) || string(res.Value) != "v" {
+			t.Fatalf("pipelined GET %d: opaque %d value %q", i, res.Opaque, res.Value)
+		}
+	}
+	waitFor(t, func() bool { return loopConns(srv) == len(cs)-1 })
+	if res := cs[0].do(frame(protocol.OpGet, key(0), "", nil, 99, 0)); res.Opaque != 99 || string(res.Value) != "v" {
+		t.Fatalf("GET after hand-off: opaque %d value %q", res.Opaque, res.Value)
 	}
 	for _, c := range cs {
 		c.nc.Close()
