@@ -40,7 +40,11 @@ import (
 // holding no thread. syscall.RawConn.Read waits only after its function
 // returns false, and the runtime forgets readiness it saw before the call;
 // so the loop's function always tries epoll_wait (timeout 0) first and asks
-// to wait only when nothing is ready.
+// to wait only when nothing is ready. A known cost of waiting this way: the
+// runtime polls the network only from an idle M (or from sysmon every
+// 10 ms), so while every M runs a busy loop, a parked loop's wakeup can be
+// late by up to 10 ms. Handing pipelining clients to goroutines keeps that
+// rare (their batches are what kept loops busy for long).
 //
 // The sockets themselves are not in the runtime's poller while a loop
 // serves them (see loopIO), so the loop reads and writes them with plain
