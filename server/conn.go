@@ -59,6 +59,10 @@ type conn struct {
 
 	// lio is set while an event loop serves the connection (loop_linux.go).
 	lio *loopIO
+	// active is when an event loop last read from the connection, for
+	// Config.IdleTimeout; armed says serve has set a read deadline for it.
+	active time.Time
+	armed  bool
 
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
@@ -73,6 +77,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		wbuf:   make([]byte, 0, initialBuf),
 		notify: make(chan struct{}, 1),
 		authed: len(s.cfg.Users) == 0,
+		active: time.Now(),
 	}
 }
 
@@ -91,6 +96,7 @@ func (c *conn) serve() {
 			log.Debug("write failed", "peer", c.nc.RemoteAddr(), "err", err)
 			return
 		}
+		c.armIdle() // before looking at closing: Shutdown's deadline must win
 		if c.srv.closing.Load() {
 			return
 		}
@@ -102,11 +108,30 @@ func (c *conn) serve() {
 			if n > 0 {
 				continue // handle what arrived with the error first
 			}
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				if c.armed && !c.srv.closing.Load() {
+					c.srv.idleKick(c)
+				}
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
 				log.Debug("read failed", "peer", c.nc.RemoteAddr(), "err", err)
 			}
 			return
 		}
+	}
+}
+
+// armIdle sets the read deadline Config.IdleTimeout asks for before serve
+// reads, or clears it once the connection turns out to be a peer's.
+func (c *conn) armIdle() {
+	idle := c.srv.cfg.IdleTimeout
+	switch {
+	case idle > 0 && !c.peer:
+		c.nc.SetReadDeadline(time.Now().Add(idle))
+		c.armed = true
+	case c.armed:
+		c.nc.SetReadDeadline(time.Time{})
+		c.armed = false
 	}
 }
 

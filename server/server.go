@@ -56,6 +56,12 @@ type Config struct {
 	// MaxConns is the most client connections served at once; one more is
 	// accepted and closed at once. Default 4096.
 	MaxConns int
+	// IdleTimeout closes a client connection that has sent nothing for
+	// this long, as memcached's idle_timeout does (STAT idle_kicks counts
+	// them). Zero, the default, keeps idle connections open. Connections
+	// from other nodes (see PeerAuth) are exempt: they are pooled and idle
+	// between bursts by design.
+	IdleTimeout time.Duration
 	// Users maps SASL PLAIN user names to passwords. When it is non-empty,
 	// every command but NOOP, VERSION and the SASL ones answers
 	// StatusAuthError until the connection authenticates.
@@ -133,6 +139,7 @@ type Server struct {
 	currConns     atomic.Int64
 	totalConns    atomic.Uint64
 	rejectedConns atomic.Uint64
+	idleKicks     atomic.Uint64
 }
 
 // New validates cfg, fills in its defaults and returns a Server that serves
@@ -152,6 +159,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxConns < 0 {
 		return nil, fmt.Errorf("server: MaxConns %d is negative", cfg.MaxConns)
+	}
+	if cfg.IdleTimeout < 0 {
+		return nil, fmt.Errorf("server: IdleTimeout %v is negative", cfg.IdleTimeout)
 	}
 	if cfg.Version == "" {
 		cfg.Version = defaultVersion
@@ -345,6 +355,13 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.stopStreams()
 	return nil
+}
+
+// idleKick counts and logs a connection closed by Config.IdleTimeout; the
+// caller closes it.
+func (s *Server) idleKick(c *conn) {
+	s.idleKicks.Add(1)
+	s.log.Debug("closing idle connection", "peer", c.nc.RemoteAddr(), "idle_timeout", s.cfg.IdleTimeout)
 }
 
 // removeConn is called by a connection's goroutine as it ends.
