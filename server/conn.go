@@ -160,6 +160,11 @@ func (c *conn) handleBuffered() (quit bool) {
 			if !c.refuseTooLarge(&req) {
 				return false // wait for the key to arrive
 			}
+			if c.skip > c.srv.maxSkip {
+				c.srv.log.Debug("closing connection: declared body far over the frame limit",
+					"peer", c.nc.RemoteAddr(), "op", req.Opcode, "body", req.BodyLen, "limit", c.srv.maxBody)
+				return true
+			}
 		case protocol.ErrBadLengths:
 			c.wbuf = protocol.AppendError(c.wbuf, req.Opcode, protocol.StatusInvalidArgs, req.Opaque)
 			return true

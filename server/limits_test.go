@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,6 +76,62 @@ func TestIdleTimeout(t *testing.T) {
 			if res := c.do(noop); res.Status() != protocol.StatusOK {
 				t.Errorf("%s connection: NOOP %#x", name, res.Status())
 			}
+		}
+	})
+}
+
+// TestFrameLimit: a frame declaring a body over MaxItemSize plus header
+// room is answered VALUE_TOO_LARGE; the connection goes on if the body is
+// within skipFactor times that limit (memcached's behaviour, which clients
+// rely on) and is closed beyond it, without the body being read.
+func TestFrameLimit(t *testing.T) {
+	const itemSize = 64 << 10
+	limit := itemSize + headerRoom
+	forEachMode(t, func(t *testing.T, mod func(*Config)) {
+		_, addr := testServer(t, func(cfg *Config) {
+			if mod != nil {
+				mod(cfg)
+			}
+			cfg.MaxItemSize = itemSize
+		})
+		for _, tc := range []struct {
+			name   string
+			body   int
+			closes bool
+		}{
+			{"at the limit", limit, false},
+			{"just over the limit", limit + 1, false},
+			{"at the skip bound", skipFactor * limit, false},
+			{"over the skip bound", skipFactor*limit + 1, true},
+			{"4 GiB", 1<<32 - 1, true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				c := dial(t, addr)
+				// A GET with a body: only the length matters here, and
+				// only the header is sent before the answer is read.
+				hdr := protocol.AppendHeader(nil, protocol.MagicRequest, protocol.OpGet, 0, 0, 0, 0, tc.body, 7, 0)
+				c.send(hdr)
+				if tc.body <= limit {
+					// Within the limit the server waits for the body; send
+					// it, and the GET is refused as malformed instead.
+					c.send([]byte(strings.Repeat("x", tc.body)))
+					if res := c.read(); res.Status() != protocol.StatusInvalidArgs || res.Opaque != 7 {
+						t.Fatalf("status %#x opaque %d, want invalid arguments", res.Status(), res.Opaque)
+					}
+				} else if res := c.read(); res.Status() != protocol.StatusValueTooLarge || res.Opaque != 7 {
+					t.Fatalf("status %#x opaque %d, want value too large", res.Status(), res.Opaque)
+				}
+				if tc.closes {
+					c.expectClosed()
+					return
+				}
+				if tc.body > limit {
+					c.send(make([]byte, tc.body)) // skipped unread
+				}
+				if res := c.do(frame(protocol.OpNoop, "", "", nil, 8, 0)); res.Status() != protocol.StatusOK || res.Opaque != 8 {
+					t.Fatalf("after the refusal: NOOP status %#x opaque %d", res.Status(), res.Opaque)
+				}
+			})
 		}
 	})
 }

@@ -14,7 +14,8 @@
 //   - A connection's buffers grow only with the bytes a client has actually
 //     sent, up to one frame of at most MaxItemSize plus header room; a larger
 //     declared body is answered with StatusValueTooLarge and skipped without
-//     being buffered.
+//     being buffered, or, if it is more than skipFactor times that, answered
+//     and the connection closed.
 //   - Responses leave in request order.
 //   - Shutdown stops accepting, lets every connection finish the requests it
 //     has already read, flushes their responses and then closes it.
@@ -103,6 +104,12 @@ const (
 	// headerRoom is what a frame may carry beyond MaxItemSize: the header's
 	// extras (at most 255 bytes) and a key (at most 250).
 	headerRoom = 512
+	// skipFactor bounds what a refused frame may declare: a body up to
+	// skipFactor times the frame limit is skipped and the connection goes
+	// on, as memcached does and clients expect of a value that is too
+	// large; a larger one is no value but a broken or hostile client, and
+	// the connection is closed after the refusal.
+	skipFactor = 16
 )
 
 // Server serves the memcached binary protocol. Its methods are safe for
@@ -111,7 +118,8 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	start   time.Time
-	maxBody uint32
+	maxBody uint32 // the frame limit: largest body accepted
+	maxSkip uint64 // largest body refused without closing; see skipFactor
 	router  *router
 	peers   *peers
 	repl    *replicator // nil in single-node mode
@@ -185,6 +193,7 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		start:     time.Now(),
 		maxBody:   uint32(cfg.MaxItemSize + headerRoom),
+		maxSkip:   skipFactor * uint64(cfg.MaxItemSize+headerRoom),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
