@@ -37,7 +37,13 @@ type conn struct {
 
 	authed bool
 	aware  bool // sent HELLO or a non-zero vbucket: trusts header vbuckets
-	peer   bool // another node: its requests are never forwarded again
+	// claimsPeer says the connection said HELLO as another node would;
+	// peer says it is one: it claims to be, and the node has no users or
+	// it authenticated as Config.PeerAuth's user (see peerRole). A peer
+	// may apply stream messages, its FLUSH is not fanned out and it is
+	// exempt from IdleTimeout.
+	claimsPeer bool
+	peer       bool
 
 	// slots are the responses other nodes owe this batch, in order;
 	// spare is the buffer assemble swaps with wbuf.

@@ -85,7 +85,12 @@ type Config struct {
 	// reach the replicas; by default (false) the client waits for them.
 	AsyncReplication bool
 	// PeerAuth, if set, are the SASL PLAIN credentials this node presents
-	// to the other nodes it forwards to; needed when they require auth.
+	// to the other nodes it forwards and streams to; needed when they
+	// require auth. With Users set, PeerAuth.User is also the only user
+	// another node may authenticate as: a connection that says HELLO as a
+	// peer and then authenticates as anyone else, or fails to, is refused
+	// with StatusAuthError and a warning in the log. nil with Users set: no
+	// connection may act as a peer.
 	PeerAuth *PeerAuth
 	// Now returns the current Unix time in seconds, used to turn relative
 	// expirations into absolute ones. It must agree with the store's clock;
@@ -125,6 +130,10 @@ type Server struct {
 	repl    *replicator // nil in single-node mode
 
 	stats struct{ backfillItems, backfillBytes, replErrors atomic.Uint64 }
+	// peerRefusals limit the warnings about refused peers, one for each
+	// reason: a node with the wrong credentials retries with every request
+	// it forwards.
+	peerRefusals [numRefusals]sometimes
 
 	stopRepl context.CancelFunc
 	replDone sync.WaitGroup
@@ -364,6 +373,43 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.stopStreams()
 	return nil
+}
+
+// isPeerUser reports whether user is the one other nodes authenticate as.
+func (s *Server) isPeerUser(user []byte) bool {
+	return s.cfg.PeerAuth != nil && string(user) == s.cfg.PeerAuth.User
+}
+
+// refusal is why a connection that said HELLO as a peer was refused.
+type refusal int
+
+const (
+	refusedPassword    refusal = iota // unknown user or wrong password
+	refusedNotPeerUser                // a user, but not the peer user
+	refusedNoAuth                     // requests without authenticating
+	numRefusals
+)
+
+func (r refusal) String() string {
+	return [numRefusals]string{
+		"unknown user or wrong password", "authenticated as a user other than the peer user",
+		"sent requests without authenticating",
+	}[r]
+}
+
+// refusePeer logs that a connection that said HELLO as a peer was refused,
+// and why: at most once every refusalLogEvery for each reason.
+func (s *Server) refusePeer(c *conn, user string, why refusal) {
+	ok, suppressed := s.peerRefusals[why].allow(refusalLogEvery)
+	if !ok {
+		return
+	}
+	want := ""
+	if s.cfg.PeerAuth != nil {
+		want = s.cfg.PeerAuth.User
+	}
+	s.log.Warn("refused a node: wrong peer credentials", "peer", c.nc.RemoteAddr(), "user", user,
+		"reason", why.String(), "peer_user", want, "refused_since_last_warning", suppressed)
 }
 
 // idleKick counts and logs a connection closed by Config.IdleTimeout; the
