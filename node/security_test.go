@@ -1,8 +1,11 @@
 package node
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -272,6 +275,57 @@ func TestPeerCredentialsRefused(t *testing.T) {
 			}
 			waitLog(t, nodes, "level=WARN", "refused a node: wrong peer credentials", tc.why)
 			waitLog(t, []*testNode{bad}, "level=WARN", "another node refused this node")
+		})
+	}
+}
+
+// TestPprofNeedsAuth: with users, /debug/pprof/ asks for HTTP basic auth
+// with one of them; the endpoints clients read stay open.
+func TestPprofNeedsAuth(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		users map[string]string
+	}{{"with users", testUsers}, {"without users", nil}} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := New(Config{Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Users: tc.users, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			base := "http://" + n.HTTPAddr()
+			for _, rc := range []struct {
+				path, user, pass string
+				want             int
+			}{
+				{"/debug/pprof/", "", "", http.StatusUnauthorized},
+				{"/debug/pprof/heap", "alice", "wrong", http.StatusUnauthorized},
+				{"/debug/pprof/goroutine", "mallory", "wonderland", http.StatusUnauthorized},
+				{"/debug/pprof/", "alice", "wonderland", http.StatusOK},
+				{"/debug/pprof/heap", "vbcache", "node-secret", http.StatusOK},
+				{"/debug/pprof/cmdline", "alice", "wonderland", http.StatusNotFound},
+				{"/healthz", "", "", http.StatusOK},
+				{"/pools", "", "", http.StatusOK},
+			} {
+				want := rc.want
+				if tc.users == nil && want == http.StatusUnauthorized {
+					want = http.StatusOK
+				}
+				req, _ := http.NewRequest("GET", base+rc.path, nil)
+				if rc.user != "" {
+					req.SetBasicAuth(rc.user, rc.pass)
+				}
+				resp, err := httpClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Errorf("GET %s as %q: %s, want %d", rc.path, rc.user, resp.Status, want)
+				}
+				if resp.StatusCode == http.StatusUnauthorized && !bytes.Contains([]byte(resp.Header.Get("WWW-Authenticate")), []byte("Basic")) {
+					t.Errorf("GET %s: 401 without a Basic challenge", rc.path)
+				}
+			}
 		})
 	}
 }
