@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// refusalLogEvery is the least time between two warnings about the same
-// kind of refusal.
-const refusalLogEvery = 10 * time.Second
+// warnEvery is the least time between two warnings of a kind that every
+// connection or request may cause (a refused peer, a peer timing out).
+const warnEvery = 10 * time.Second
 
 // sometimes lets an event through at most once per interval, so an event
 // that may repeat with every connection or request (a node retrying with

@@ -216,9 +216,9 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 }
 
 // refused fails the connection with err, an errPeerAuth, and warns, at
-// most every refusalLogEvery for the whole pool.
+// most every warnEvery for the whole pool.
 func (pc *peerConn) refused(err error) {
-	if ok, suppressed := pc.refusals.allow(refusalLogEvery); ok {
+	if ok, suppressed := pc.refusals.allow(warnEvery); ok {
 		pc.log.Warn("another node refused this node: check the peer user and its password in both nodes' auth files",
 			"peer", pc.addr, "err", err, "refused_since_last_warning", suppressed)
 	}

@@ -134,6 +134,9 @@ type Server struct {
 	// reason: a node with the wrong credentials retries with every request
 	// it forwards.
 	peerRefusals [numRefusals]sometimes
+	// timeoutWarnings limits the warnings about calls to peers that time
+	// out, which under a partition every request may cause.
+	timeoutWarnings sometimes
 
 	stopRepl context.CancelFunc
 	replDone sync.WaitGroup
@@ -398,9 +401,9 @@ func (r refusal) String() string {
 }
 
 // refusePeer logs that a connection that said HELLO as a peer was refused,
-// and why: at most once every refusalLogEvery for each reason.
+// and why: at most once every warnEvery for each reason.
 func (s *Server) refusePeer(c *conn, user string, why refusal) {
-	ok, suppressed := s.peerRefusals[why].allow(refusalLogEvery)
+	ok, suppressed := s.peerRefusals[why].allow(warnEvery)
 	if !ok {
 		return
 	}
