@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 )
 
@@ -20,4 +21,39 @@ func TestGossipKeyLength(t *testing.T) {
 		}
 		c.Kill()
 	}
+}
+
+// TestMemberlistLogThroughSlog: memberlist's log lines become slog records
+// at their level, marked component=memberlist, and a refusal for the
+// gossip key says so.
+func TestMemberlistLogThroughSlog(t *testing.T) {
+	for _, tc := range []struct {
+		line, want string
+	}{
+		{"[DEBUG] memberlist: Stream connection from=127.0.0.1:1", `{"level":"DEBUG","msg":"Stream connection from=127.0.0.1:1","component":"memberlist"}`},
+		{"[WARN] memberlist: Refuting a suspect message", `{"level":"WARN","msg":"Refuting a suspect message","component":"memberlist"}`},
+		{"[ERR] memberlist: failed to receive: no installed keys could decrypt the message from=127.0.0.1:2",
+			`{"level":"ERROR","msg":"failed to receive: no installed keys could decrypt the message from=127.0.0.1:2","component":"memberlist","reason":"gossip key mismatch: a node with another gossip key was refused"}`},
+		{"[ERR] memberlist: failed to receive: encryption is configured but remote state is not encrypted from=127.0.0.1:3",
+			`{"level":"ERROR","msg":"failed to receive: encryption is configured but remote state is not encrypted from=127.0.0.1:3","component":"memberlist","reason":"gossip key mismatch: a node without the gossip key was refused"}`},
+		{"[DEBUG] memberlist: failed to join 127.0.0.1:4: no installed keys could decrypt the message",
+			`{"level":"DEBUG","msg":"failed to join 127.0.0.1:4: no installed keys could decrypt the message","component":"memberlist"}`},
+	} {
+		var out strings.Builder
+		log := slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{
+			Level:       slog.LevelDebug,
+			ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr { return dropTime(a) },
+		}))
+		newMemberlistLogger(log).Print(tc.line)
+		if got := strings.TrimSpace(out.String()); got != tc.want {
+			t.Errorf("%q logged\n%s\nwant\n%s", tc.line, got, tc.want)
+		}
+	}
+}
+
+func dropTime(a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey {
+		return slog.Attr{}
+	}
+	return a
 }
