@@ -38,10 +38,10 @@ type conn struct {
 	authed bool
 	aware  bool // sent HELLO or a non-zero vbucket: trusts header vbuckets
 	// claimsPeer says the connection said HELLO as another node would;
-	// peer says it is one: it claims to be, and the node has no users or
-	// it authenticated as Config.PeerAuth's user (see peerRole). A peer
-	// may apply stream messages, its FLUSH is not fanned out and it is
-	// exempt from IdleTimeout.
+	// peer says it is one: it claims to be, and this node has no users or
+	// it then authenticated as Config.PeerAuth's user (see saslAuth). A
+	// peer may apply stream messages, its FLUSH is not fanned out and it
+	// is exempt from IdleTimeout.
 	claimsPeer bool
 	peer       bool
 

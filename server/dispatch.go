@@ -372,8 +372,9 @@ func (c *conn) flushLocal(req *protocol.Request) {
 // saslAuth serves SASL_AUTH with the PLAIN mechanism: a value of
 // "authzid\0user\0password". Without configured users any credentials are
 // accepted, so clients that always authenticate work against an open node.
-// A connection that said HELLO as a peer must authenticate as the peer
-// user (see peerRole).
+// With users, a connection that said HELLO as a peer must then
+// authenticate as the peer user (Config.PeerAuth); it is refused, and the
+// refusal logged, otherwise.
 func (c *conn) saslAuth(req *protocol.Request) {
 	c.stats[cAuthCmds].Add(1)
 	users := c.srv.cfg.Users
