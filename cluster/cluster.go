@@ -49,6 +49,7 @@ import (
 var (
 	ErrNoGossipAddr = errors.New("cluster: Config.Gossip is required")
 	ErrNoKVAddr     = errors.New("cluster: Config.KV is required")
+	ErrBadGossipKey = errors.New("cluster: a gossip key is 16, 24 or 32 bytes")
 )
 
 // ErrNoOneToHandOver is returned by Leave when every other member is
@@ -89,6 +90,12 @@ type Config struct {
 	// Transport, if set, replaces memberlist's UDP/TCP transport (tests
 	// use it to cut the network); Gossip then only names the node.
 	Transport memberlist.NodeAwareTransport
+	// GossipKey, if set, encrypts and authenticates all gossip with
+	// AES-GCM (memberlist's keyring), and gossip without it is refused.
+	// It is 16, 24 or 32 bytes (AES-128, -192, -256). Every node needs the
+	// same key: a node without it, or with another, cannot join, and both
+	// sides log why. Default: none, gossip in the clear.
+	GossipKey []byte
 }
 
 // Cluster is this node's view of the cluster. Its methods are safe for
@@ -114,6 +121,7 @@ type Cluster struct {
 	members  map[string]*member // every node ever seen, by name
 	lastSent map[string]sent    // the last map sent to each lagging member
 
+	joinRefusal    string       // why the last join failed for the gossip key, or ""; New, then loop goroutine only
 	rebalanceStart time.Time    // when the running rebalance began; loop goroutine only
 	target         *vbucket.Map // placement for the last server list; loop goroutine only
 
@@ -192,6 +200,15 @@ func New(cfg Config) (*Cluster, error) {
 		h, _ := os.Hostname()
 		cfg.Name = fmt.Sprintf("%s:%d", h, port)
 	}
+	var keyring *memberlist.Keyring
+	if len(cfg.GossipKey) > 0 {
+		if memberlist.ValidateKey(cfg.GossipKey) != nil {
+			return nil, fmt.Errorf("%w, not %d", ErrBadGossipKey, len(cfg.GossipKey))
+		}
+		if keyring, err = memberlist.NewKeyring(nil, cfg.GossipKey); err != nil {
+			return nil, fmt.Errorf("cluster: gossip key: %w", err)
+		}
+	}
 
 	c := &Cluster{
 		cfg:      cfg,
@@ -228,6 +245,9 @@ func New(cfg Config) (*Cluster, error) {
 	// the name back once the old incarnation has been dead this long.
 	mc.DeadNodeReclaimTime = deadNodeReclaim
 	mc.Logger = newMemberlistLogger(c.log)
+	mc.Keyring = keyring
+	mc.GossipVerifyIncoming = true // with a key: refuse gossip without it
+	mc.GossipVerifyOutgoing = true
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
 	}
@@ -246,7 +266,9 @@ func New(cfg Config) (*Cluster, error) {
 	c.log.Info("gossip started", "gossip", c.gossipAddr, "kv", cfg.KV, "vbuckets", cfg.VBuckets, "replicas", cfg.Replicas)
 	if seeds := c.missingSeeds(); len(seeds) > 0 {
 		if n, err := ml.Join(seeds); err != nil {
-			c.log.Warn("seeds unreachable; retrying in the background", "seeds", strings.Join(seeds, ","), "err", err)
+			if !c.keyRefused(seeds, err) {
+				c.log.Warn("seeds unreachable; retrying in the background", "seeds", strings.Join(seeds, ","), "err", err)
+			}
 		} else {
 			c.log.Info("joined cluster", "contacted", n)
 		}
@@ -375,7 +397,7 @@ func (c *Cluster) loop() {
 			if seeds := c.missingSeeds(); len(seeds) > 0 {
 				if n, err := c.ml.Join(seeds); err == nil {
 					c.log.Info("joined seeds", "seeds", strings.Join(seeds, ","), "contacted", n)
-				} else {
+				} else if !c.keyRefused(seeds, err) {
 					c.log.Debug("seeds still unreachable", "seeds", strings.Join(seeds, ","), "err", err)
 				}
 			}

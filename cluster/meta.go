@@ -60,6 +60,10 @@ func (w slogWriter) Write(p []byte) (int, error) {
 		}
 	}
 	line = strings.TrimPrefix(line, "memberlist: ")
+	if why := keyRefusal(line); why != "" {
+		w.log.Log(context.Background(), level, line, "component", "memberlist", "reason", why)
+		return len(p), nil
+	}
 	w.log.Log(context.Background(), level, line, "component", "memberlist")
 	return len(p), nil
 }

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -187,4 +189,132 @@ func (r *rawConn) exchange(op uint8, key string, extras, value []byte) (uint16, 
 		return 0, nil, err
 	}
 	return resp.vbStatus, body[int(resp.extLen)+int(resp.keyLen):], nil
+}
+
+// TestClusterAuth runs a 3-node cluster of the binary with -auth-file,
+// -peer-user and a gossip key (from VBCACHE_GOSSIP_KEY) on every node: a
+// client with a wrong password is refused on every node; an authenticated
+// legacy client writes through every node and reads every key back through
+// every node, which takes the nodes' authenticated forwarding; a node
+// started with another -gossip-key cannot join, and both it and the
+// cluster say why.
+func TestClusterAuth(t *testing.T) {
+	requireNode(t)
+	file := filepath.Join(t.TempDir(), "users")
+	users := "vbcache-node:" + randomBase64(t, 24) + "\nalice:wonderland\n"
+	if err := os.WriteFile(file, []byte(users), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VBCACHE_GOSSIP_KEY", randomBase64(t, 32))
+	nodes, _ := startCluster(t, 3, "-auth-file", file, "-peer-user", "vbcache-node")
+	addrs := make([]string, len(nodes))
+	for i, nd := range nodes {
+		addrs[i] = connectAddr(t, nd.kv)
+	}
+
+	t.Run("wrong password on every node", func(t *testing.T) {
+		for i, addr := range addrs {
+			c := dialRaw(t, addr)
+			if st, _ := c.do(t, opSASLAuth, "PLAIN", nil, []byte("\x00alice\x00wonderlanD")); st != statusAuthError {
+				t.Fatalf("%s: SASL_AUTH with a wrong password: status %s, want %s", nodes[i].name, statusName(st), statusName(statusAuthError))
+			}
+			if st, ok := c.tryDo(t, opGet, "k", nil, nil); ok && st != statusAuthError {
+				t.Errorf("%s: GET after a refused auth: status %s, want %s", nodes[i].name, statusName(st), statusName(statusAuthError))
+			}
+		}
+	})
+
+	legacy := func(t *testing.T, prefix string) {
+		conns := make([]*rawConn, len(addrs))
+		for i, addr := range addrs {
+			conns[i] = dialRaw(t, addr)
+			if st, body := conns[i].do(t, opSASLAuth, "PLAIN", nil, []byte("\x00alice\x00wonderland")); st != statusOK {
+				t.Fatalf("%s: SASL_AUTH: status %s (%q)", nodes[i].name, statusName(st), body)
+			}
+		}
+		const keys = 60
+		for k := range keys {
+			key, i := fmt.Sprintf("%s-%d", prefix, k), k%len(conns)
+			if st, _ := conns[i].do(t, opSet, key, make([]byte, 8), []byte("v-"+key)); st != statusOK {
+				t.Fatalf("SET %s through %s: status %s", key, nodes[i].name, statusName(st))
+			}
+		}
+		for k := range keys {
+			key := fmt.Sprintf("%s-%d", prefix, k)
+			for i, c := range conns {
+				if st, body := c.do(t, opGet, key, nil, nil); st != statusOK || !strings.HasSuffix(string(body), "v-"+key) {
+					t.Fatalf("GET %s through %s: status %s body %q", key, nodes[i].name, statusName(st), body)
+				}
+			}
+		}
+	}
+	t.Run("authenticated legacy client through every node", func(t *testing.T) { legacy(t, "before") })
+
+	t.Run("node with another gossip key", func(t *testing.T) {
+		kv, err := freeLoopbackAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		gossip, err := freeGossipAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The command line wins over VBCACHE_GOSSIP_KEY.
+		s, err := launch(kv, []string{"-gossip", gossip, "-name", "intruder", "-join", nodes[0].gossip,
+			"-auth-file", file, "-peer-user", "vbcache-node", "-gossip-key", randomBase64(t, 32)})
+		if err != nil {
+			t.Fatalf("starting the intruder: %v\n%s", err, s.out)
+		}
+		defer s.stop(t)
+		waitOutput(t, s.out, "cannot join the cluster: gossip key mismatch", "the seed's gossip key differs from this node's")
+		waitOutput(t, nodes[0].srv.out, "gossip key mismatch: a node with another gossip key was refused")
+		v, err := getCluster(t.Context(), nodes[0].http)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range v.Members {
+			if m.Name == "intruder" {
+				t.Errorf("node0 lists the intruder as %s", m.State)
+			}
+		}
+		if len(v.Members) != len(nodes) {
+			t.Errorf("node0 sees %d members, want %d", len(v.Members), len(nodes))
+		}
+	})
+
+	t.Run("still serving", func(t *testing.T) { legacy(t, "after") })
+}
+
+// randomBase64 returns n random bytes in standard base64.
+func randomBase64(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// waitOutput waits until a line of a process's output contains every one
+// of parts.
+func waitOutput(t *testing.T, out *lockedBuffer, parts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+	lines:
+		for _, line := range strings.Split(out.String(), "\n") {
+			for _, p := range parts {
+				if !strings.Contains(line, p) {
+					continue lines
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no output line with %q", parts)
+		}
+		<-tick.C
+	}
 }

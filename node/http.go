@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
@@ -17,13 +18,17 @@ import (
 //	/pools/default/buckets,
 //	/pools/default/buckets/default  what go-couchbase reads to find the map
 //	/debug/pprof/                   Go's profiler (CPU, heap, goroutines)
+//
+// None changes state. The profiler asks for HTTP basic auth with one of
+// Config.Users when there are any (see requireUser); it has no cmdline
+// endpoint, since the command line may carry secrets such as the gossip
+// key.
 func (n *Node) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", n.requireUser(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/profile", n.requireUser(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/symbol", n.requireUser(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("/debug/pprof/trace", n.requireUser(http.HandlerFunc(pprof.Trace)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if n.cl != nil && !n.cl.Serving() {
 			http.Error(w, "no cluster map yet", http.StatusServiceUnavailable)
@@ -98,4 +103,23 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", " ")
 	enc.Encode(v)
+}
+
+// requireUser wraps h to ask for HTTP basic auth with a user and password
+// from Config.Users, if there are any; without users it returns h.
+func (n *Node) requireUser(h http.Handler) http.Handler {
+	users := n.cfg.Users
+	if len(users) == 0 {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, pass, ok := r.BasicAuth()
+		want, known := users[user]
+		if !ok || !known || subtle.ConstantTimeCompare([]byte(pass), []byte(want)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="vbcache", charset="UTF-8"`)
+			http.Error(w, "authentication required: a user and password from the node's auth file", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

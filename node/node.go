@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"sync"
 	"time"
 
@@ -38,9 +37,17 @@ type Config struct {
 	MaxItemSize int
 	MaxConns    int
 	// Users are SASL PLAIN credentials; when set, clients must
-	// authenticate, and this node authenticates to its peers as the first
-	// user by name.
+	// authenticate, and so must the other nodes of the cluster.
 	Users map[string]string
+	// PeerUser names the user in Users that nodes authenticate to each
+	// other as, for forwarded requests, replication and rebalance streams:
+	// this node presents its credentials, and accepts only them from a
+	// node. Required in cluster mode when Users is set; every node needs
+	// the same user with the same password.
+	PeerUser string
+	// IdleTimeout closes client connections idle that long; 0, the
+	// default, never does. See server.Config.
+	IdleTimeout time.Duration
 	// Version is reported by VERSION and STAT.
 	Version string
 	// Logger; default slog.Default().
@@ -52,6 +59,9 @@ type Config struct {
 	// Seeds are gossip addresses of nodes to join, retried in the
 	// background.
 	Seeds []string
+	// GossipKey encrypts and authenticates gossip; see
+	// cluster.Config.GossipKey. Every node needs the same one.
+	GossipKey []byte
 	// Name is this node's cluster name; default host:gossip-port.
 	Name string
 	// Advertise is the host other nodes and clients reach this node at.
@@ -67,6 +77,12 @@ type Config struct {
 	// AsyncReplication acknowledges writes before replicas have them.
 	AsyncReplication bool
 }
+
+// Errors returned by New for a Config that cannot work.
+var (
+	ErrNoPeerUser      = errors.New("node: a cluster node with users needs a peer user (Config.PeerUser) to authenticate to the other nodes as")
+	ErrUnknownPeerUser = errors.New("node: the peer user is not among the users")
+)
 
 // Node is a running cache node.
 type Node struct {
@@ -94,6 +110,10 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	peerAuth, err := peerCredentials(cfg)
+	if err != nil {
+		return nil, err
+	}
 	n := &Node{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 3)}
 	ok := false
 	defer func() {
@@ -102,7 +122,6 @@ func New(cfg Config) (*Node, error) {
 		}
 	}()
 
-	var err error
 	n.store, err = store.New(store.Config{MemoryLimit: cfg.MemoryLimit, MaxItemSize: cfg.MaxItemSize})
 	if err != nil {
 		return nil, err
@@ -118,18 +137,8 @@ func New(cfg Config) (*Node, error) {
 	host := advertiseHost(cfg)
 	n.kvAddr = withHost(n.kvLn.Addr(), host)
 
-	var peerAuth *server.PeerAuth
-	if len(cfg.Users) > 0 {
-		names := make([]string, 0, len(cfg.Users))
-		for u := range cfg.Users {
-			names = append(names, u)
-		}
-		slices.Sort(names)
-		peerAuth = &server.PeerAuth{User: names[0], Password: cfg.Users[names[0]]}
-	}
-
 	scfg := server.Config{
-		Store: n.store, MaxItemSize: cfg.MaxItemSize, MaxConns: cfg.MaxConns, Users: cfg.Users,
+		Store: n.store, MaxItemSize: cfg.MaxItemSize, MaxConns: cfg.MaxConns, IdleTimeout: cfg.IdleTimeout, Users: cfg.Users,
 		Version: cfg.Version, Logger: cfg.Logger, VBuckets: cfg.VBuckets, PeerAuth: peerAuth,
 		AsyncReplication: cfg.AsyncReplication,
 	}
@@ -137,6 +146,7 @@ func New(cfg Config) (*Node, error) {
 		ccfg := cluster.Config{
 			Name: cfg.Name, Gossip: cfg.Gossip, Advertise: cfg.Advertise, Seeds: cfg.Seeds,
 			KV: n.kvAddr, VBuckets: cfg.VBuckets, Replicas: cfg.Replicas, Logger: cfg.Logger,
+			GossipKey: cfg.GossipKey,
 		}
 		if cfg.Advertise == "" {
 			ccfg.Advertise = host
@@ -260,6 +270,24 @@ func (n *Node) stop() {
 	if n.store != nil {
 		n.store.Close()
 	}
+}
+
+// peerCredentials returns the credentials this node presents to the other nodes,
+// or nil if it presents none.
+func peerCredentials(cfg Config) (*server.PeerAuth, error) {
+	switch {
+	case len(cfg.Users) == 0:
+		return nil, nil
+	case cfg.PeerUser == "" && cfg.Gossip != "":
+		return nil, ErrNoPeerUser
+	case cfg.PeerUser == "":
+		return nil, nil // a single node has no peers
+	}
+	pass, ok := cfg.Users[cfg.PeerUser]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownPeerUser, cfg.PeerUser)
+	}
+	return &server.PeerAuth{User: cfg.PeerUser, Password: pass}, nil
 }
 
 // advertiseHost picks the host other nodes and clients reach this node at.

@@ -5,7 +5,34 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
+	"time"
 )
+
+// warnEvery is the least time between two warnings of a kind that every
+// connection or request may cause (a refused peer, a peer timing out).
+const warnEvery = 10 * time.Second
+
+// sometimes lets an event through at most once per interval, so an event
+// that may repeat with every connection or request (a node retrying with
+// the wrong credentials) is logged once per interval, with the number of
+// those that were not. The zero value is ready; safe for concurrent use.
+type sometimes struct {
+	next       atomic.Int64 // Unix nanoseconds before which nothing goes through
+	suppressed atomic.Uint64
+}
+
+// allow reports whether this event goes through and, if so, how many did
+// not since the last that did.
+func (s *sometimes) allow(interval time.Duration) (ok bool, suppressed uint64) {
+	now := time.Now().UnixNano()
+	next := s.next.Load()
+	if now < next || !s.next.CompareAndSwap(next, now+int64(interval)) {
+		s.suppressed.Add(1)
+		return false, 0
+	}
+	return true, s.suppressed.Swap(0)
+}
 
 // ParseUsers reads SASL PLAIN credentials, one "user:password" a line. Blank
 // lines and lines starting with '#' are skipped; the password is everything

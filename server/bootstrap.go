@@ -32,7 +32,8 @@ const (
 func (c *conn) hello(req *protocol.Request) {
 	c.aware = true
 	if bytes.HasPrefix(req.Key, []byte(peerAgent)) {
-		c.peer = true
+		c.claimsPeer = true
+		c.peer = len(c.srv.cfg.Users) == 0 // else once it authenticates as the peer user
 	}
 	var agreed []byte
 	for v := req.Value; len(v) >= 2; v = v[2:] {

@@ -37,7 +37,13 @@ type conn struct {
 
 	authed bool
 	aware  bool // sent HELLO or a non-zero vbucket: trusts header vbuckets
-	peer   bool // another node: its requests are never forwarded again
+	// claimsPeer says the connection said HELLO as another node would;
+	// peer says it is one: it claims to be, and this node has no users or
+	// it then authenticated as Config.PeerAuth's user (see saslAuth). A
+	// peer may apply stream messages, its FLUSH is not fanned out and it
+	// is exempt from IdleTimeout.
+	claimsPeer bool
+	peer       bool
 
 	// slots are the responses other nodes owe this batch, in order;
 	// spare is the buffer assemble swaps with wbuf.
@@ -65,6 +71,10 @@ type conn struct {
 	lio *loopIO
 	// frames counts the requests handleBuffered has handled.
 	frames int
+	// active is when an event loop last read from the connection, for
+	// Config.IdleTimeout; armed says serve has set a read deadline for it.
+	active time.Time
+	armed  bool
 
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
@@ -79,6 +89,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		wbuf:   make([]byte, 0, initialBuf),
 		notify: make(chan struct{}, 1),
 		authed: len(s.cfg.Users) == 0,
+		active: time.Now(),
 	}
 }
 
@@ -97,6 +108,7 @@ func (c *conn) serve() {
 			log.Debug("write failed", "peer", c.nc.RemoteAddr(), "err", err)
 			return
 		}
+		c.armIdle() // before looking at closing: Shutdown's deadline must win
 		if c.srv.closing.Load() {
 			return
 		}
@@ -108,11 +120,30 @@ func (c *conn) serve() {
 			if n > 0 {
 				continue // handle what arrived with the error first
 			}
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				if c.armed && !c.srv.closing.Load() {
+					c.srv.idleKick(c)
+				}
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
 				log.Debug("read failed", "peer", c.nc.RemoteAddr(), "err", err)
 			}
 			return
 		}
+	}
+}
+
+// armIdle sets the read deadline Config.IdleTimeout asks for before serve
+// reads, or clears it once the connection turns out to be a peer's.
+func (c *conn) armIdle() {
+	idle := c.srv.cfg.IdleTimeout
+	switch {
+	case idle > 0 && !c.peer:
+		c.nc.SetReadDeadline(time.Now().Add(idle))
+		c.armed = true
+	case c.armed:
+		c.nc.SetReadDeadline(time.Time{})
+		c.armed = false
 	}
 }
 
@@ -147,6 +178,11 @@ func (c *conn) handleFrames() (quit bool) {
 		case protocol.ErrTooLarge:
 			if !c.refuseTooLarge(&req) {
 				return false // wait for the key to arrive
+			}
+			if c.skip > c.srv.maxSkip {
+				c.srv.log.Debug("closing connection: declared body far over the frame limit",
+					"peer", c.nc.RemoteAddr(), "op", req.Opcode, "body", req.BodyLen, "limit", c.srv.maxBody)
+				return true
 			}
 		case protocol.ErrBadLengths:
 			c.wbuf = protocol.AppendError(c.wbuf, req.Opcode, protocol.StatusInvalidArgs, req.Opaque)

@@ -26,6 +26,9 @@ func (c *conn) handle(req *protocol.Request) (quit bool) {
 		return false
 	}
 	if !c.authed && !allowedBeforeAuth(op) {
+		if c.claimsPeer {
+			c.srv.refusePeer(c, "", refusedNoAuth)
+		}
 		c.fail(req, protocol.StatusAuthError)
 		return false
 	}
@@ -369,6 +372,9 @@ func (c *conn) flushLocal(req *protocol.Request) {
 // saslAuth serves SASL_AUTH with the PLAIN mechanism: a value of
 // "authzid\0user\0password". Without configured users any credentials are
 // accepted, so clients that always authenticate work against an open node.
+// With users, a connection that said HELLO as a peer must then
+// authenticate as the peer user (Config.PeerAuth); it is refused, and the
+// refusal logged, otherwise.
 func (c *conn) saslAuth(req *protocol.Request) {
 	c.stats[cAuthCmds].Add(1)
 	users := c.srv.cfg.Users
@@ -378,9 +384,18 @@ func (c *conn) saslAuth(req *protocol.Request) {
 		want, known := users[string(parts[1])]
 		ok = known && subtle.ConstantTimeCompare([]byte(want), parts[2]) == 1
 	}
+	why := refusedPassword
+	if ok && len(users) > 0 {
+		c.peer = c.claimsPeer && c.srv.isPeerUser(parts[1])
+		ok = c.peer || !c.claimsPeer
+		why = refusedNotPeerUser
+	}
 	if !ok {
 		c.stats[cAuthErrors].Add(1)
 		c.authed = len(users) == 0
+		if c.claimsPeer && len(parts) == 3 {
+			c.srv.refusePeer(c, string(parts[1]), why)
+		}
 		c.fail(req, protocol.StatusAuthError)
 		return
 	}

@@ -181,7 +181,7 @@ func (c *conn) copiesRefused(s *slot, req *protocol.Request) bool {
 		resp, err := c.wait(cl)
 		switch {
 		case errors.Is(err, errForwardTimeout):
-			c.srv.log.Warn("replica copy unacknowledged", "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout)
+			c.warnTimeout("replica copy unacknowledged", req, s)
 			c.srv.stats.replErrors.Add(1)
 		case err != nil:
 			c.srv.stats.replErrors.Add(1)
@@ -202,7 +202,7 @@ func (c *conn) resolveForward(s *slot, req *protocol.Request, out []byte) []byte
 		resp, err := c.wait(s.call)
 		if err != nil {
 			if errors.Is(err, errForwardTimeout) {
-				c.srv.log.Warn("forwarded request unanswered", "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout)
+				c.warnTimeout("forwarded request unanswered", req, s)
 			} else {
 				c.srv.log.Debug("forward failed", "op", req.Opcode, "vb", s.vb, "err", err)
 			}
@@ -222,6 +222,16 @@ func (c *conn) resolveForward(s *slot, req *protocol.Request, out []byte) []byte
 		if rt.local(s.vb) {
 			return c.serveLocal(req, out)
 		}
+	}
+}
+
+// warnTimeout warns that a call for slot s timed out, at most every
+// warnEvery for the whole server: under a partition every request
+// may time out.
+func (c *conn) warnTimeout(msg string, req *protocol.Request, s *slot) {
+	if ok, suppressed := c.srv.timeoutWarnings.allow(warnEvery); ok {
+		c.srv.log.Warn(msg, "op", req.Opcode, "vb", s.vb, "rev", s.rev, "timeout", forwardTimeout,
+			"timeouts_since_last_warning", suppressed)
 	}
 }
 

@@ -84,6 +84,10 @@ type eventLoop struct {
 	n      int   // events from the last epoll_wait
 	errno  error // its error
 	waitFn func(uintptr) bool
+	// With Config.IdleTimeout: now is when the loop last woke, and sweepAt
+	// when it next looks for idle connections. A read deadline on file at
+	// sweepAt wakes an idle loop for that.
+	now, sweepAt time.Time
 }
 
 // loopIO is what the loop holds of a connection it serves.
@@ -214,6 +218,13 @@ func (l *eventLoop) remove(c *conn) int {
 // run serves l's connections until the server closes.
 func (l *eventLoop) run() {
 	defer l.file.Close()
+	idle := l.srv.cfg.IdleTimeout
+	if idle > 0 {
+		l.now = time.Now()
+		l.armSweep(idle)
+	}
+	// Every change to file's deadline comes before a look at closing, so
+	// the deadline wakeLoops sets once closing is true is never lost.
 	for !l.srv.closing.Load() {
 		// Wait for events only when no connection has input left over.
 		var err error
@@ -229,6 +240,9 @@ func (l *eventLoop) run() {
 		if l.errno != nil {
 			l.srv.log.Error("event loop failed", "err", os.NewSyscallError("epoll_wait", l.errno))
 			break
+		}
+		if idle > 0 {
+			l.now = time.Now()
 		}
 		l.next, l.again = l.again, l.next[:0]
 		for i := range l.n {
@@ -246,8 +260,44 @@ func (l *eventLoop) run() {
 			}
 		}
 		clear(l.next)
+		// After the steps, so a connection whose request arrived with
+		// this wakeup counts as active.
+		if idle > 0 && !l.now.Before(l.sweepAt) {
+			l.sweep(idle)
+		}
 	}
 	l.closeAll()
+}
+
+// sweepEvery is how often a loop looks for connections idle longer than
+// timeout: a connection is closed between timeout and timeout plus this.
+func sweepEvery(timeout time.Duration) time.Duration {
+	return min(max(timeout/4, 10*time.Millisecond), time.Second)
+}
+
+// armSweep schedules the next sweep.
+func (l *eventLoop) armSweep(timeout time.Duration) {
+	l.sweepAt = l.now.Add(sweepEvery(timeout))
+	l.file.SetReadDeadline(l.sweepAt)
+}
+
+// sweep closes the client connections that have sent nothing for timeout
+// and schedules the next sweep. Connections of other nodes are exempt (see
+// Config.IdleTimeout).
+func (l *eventLoop) sweep(timeout time.Duration) {
+	var idle []*conn
+	l.mu.Lock()
+	for _, c := range l.conns {
+		if !c.peer && l.now.Sub(c.active) >= timeout {
+			idle = append(idle, c)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range idle {
+		l.srv.idleKick(c)
+		l.end(c)
+	}
+	l.armSweep(timeout)
 }
 
 // closeAll ends every connection l holds: they have answered all they have
@@ -312,6 +362,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 		if n > 0 {
 			c.w += n
 			c.stats[cBytesRead].Add(uint64(n))
+			c.active = l.now
 		}
 		switch {
 		case errno == syscall.EAGAIN:

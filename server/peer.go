@@ -29,9 +29,15 @@ const (
 	peerAgent   = "vbcache-peer"
 	dialTimeout = 2 * time.Second
 	peerBufSize = 64 << 10
+	// peerAuthRetry is how long after a peer refused this node's
+	// credentials requests to it fail without a new dial.
+	peerAuthRetry = time.Second
 )
 
-var errPeerClosed = errors.New("server: peer connection closed")
+var (
+	errPeerClosed = errors.New("server: peer connection closed")
+	errPeerAuth   = errors.New("server: peer refused this node's credentials")
+)
 
 // PeerAuth are the SASL PLAIN credentials a node presents to its peers.
 type PeerAuth struct {
@@ -66,8 +72,9 @@ func (c *call) complete(resp []byte, err error) {
 
 // peers is the pool of connections to other nodes, by memcached address.
 type peers struct {
-	auth *PeerAuth
-	log  *slog.Logger
+	auth     *PeerAuth
+	log      *slog.Logger
+	refusals sometimes // limits the warnings about peers refusing auth
 
 	mu     sync.Mutex // guards conns and closed
 	conns  map[string]*[peerConns]*peerConn
@@ -121,7 +128,11 @@ func (p *peers) conn(addr string, i int) (*peerConn, error) {
 	}
 	pc := slots[i]
 	if pc == nil || pc.failed() {
-		pc = &peerConn{addr: addr, log: p.log, wake: make(chan struct{}, 1)}
+		if err := pc.refusedRecently(); err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+		pc = &peerConn{addr: addr, log: p.log, refusals: &p.refusals, wake: make(chan struct{}, 1)}
 		slots[i] = pc
 		p.wg.Go(func() { pc.run(p.auth) })
 	}
@@ -149,9 +160,10 @@ func (p *peers) close() {
 // out and pending by send and written by the run goroutine; responses are
 // matched to pending in order.
 type peerConn struct {
-	addr string
-	log  *slog.Logger
-	wake chan struct{} // tells the writer there is output; capacity 1
+	addr     string
+	log      *slog.Logger
+	refusals *sometimes    // the pool's: limits warnings about refusals
+	wake     chan struct{} // tells the writer there is output; capacity 1
 
 	mu      sync.Mutex // guards the fields below
 	nc      net.Conn
@@ -159,13 +171,29 @@ type peerConn struct {
 	pending []*call // pending[head:] are unanswered, in the order queued
 	head    int
 	opaque  uint32
-	err     error // set once; the connection is then dead
+	err     error     // set once; the connection is then dead
+	errAt   time.Time // when err was set
 }
 
 func (pc *peerConn) failed() bool {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	return pc.err != nil
+}
+
+// refusedRecently returns pc's error if the peer refused this node's
+// credentials less than peerAuthRetry ago: requests fail at once rather
+// than each dial anew. pc may be nil.
+func (pc *peerConn) refusedRecently() error {
+	if pc == nil {
+		return nil
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if errors.Is(pc.err, errPeerAuth) && time.Since(pc.errAt) < peerAuthRetry {
+		return pc.err
+	}
+	return nil
 }
 
 // queue queues frame for call c with its opcode set to op and a fresh
@@ -187,6 +215,16 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 	pc.mu.Unlock()
 }
 
+// refused fails the connection with err, an errPeerAuth, and warns, at
+// most every warnEvery for the whole pool.
+func (pc *peerConn) refused(err error) {
+	if ok, suppressed := pc.refusals.allow(warnEvery); ok {
+		pc.log.Warn("another node refused this node: check the peer user and its password in both nodes' auth files",
+			"peer", pc.addr, "err", err, "refused_since_last_warning", suppressed)
+	}
+	pc.fail(err)
+}
+
 // kick tells the writer there is output.
 func (pc *peerConn) kick() {
 	select {
@@ -203,7 +241,7 @@ func (pc *peerConn) fail(err error) {
 		pc.mu.Unlock()
 		return
 	}
-	pc.err = err
+	pc.err, pc.errAt = err, time.Now()
 	pending := pc.pending[pc.head:]
 	pc.pending, pc.head, pc.out = nil, 0, nil
 	nc := pc.nc
@@ -221,7 +259,11 @@ func (pc *peerConn) fail(err error) {
 // connection fails; a second goroutine reads responses.
 func (pc *peerConn) run(auth *PeerAuth) {
 	nc, br, err := dialPeer(pc.addr, auth)
-	if err != nil {
+	switch {
+	case errors.Is(err, errPeerAuth):
+		pc.refused(err)
+		return
+	case err != nil:
 		pc.log.Debug("peer unreachable", "peer", pc.addr, "err", err)
 		pc.fail(err)
 		return
@@ -297,6 +339,13 @@ func (pc *peerConn) readLoop(br *bufio.Reader) {
 			pc.fail(fmt.Errorf("server: peer %s sent an unrequested response", pc.addr))
 			return
 		}
+		if respStatus(frame) == protocol.StatusAuthError {
+			// Only a node that requires authentication, from a node that
+			// did not authenticate, answers this.
+			pc.mu.Unlock()
+			pc.refused(fmt.Errorf("%w: %s requires authentication and this node has no peer credentials", errPeerAuth, pc.addr))
+			return
+		}
 		c := pc.pending[pc.head]
 		pc.pending[pc.head] = nil
 		pc.head++
@@ -363,7 +412,11 @@ func dialPeer(addr string, auth *PeerAuth) (net.Conn, *bufio.Reader, error) {
 			return nil, nil, err
 		}
 		h := protocol.ParseHeader(f)
-		if h.Status() != protocol.StatusOK {
+		switch {
+		case h.Opcode == protocol.OpSASLAuth && h.Status() == protocol.StatusAuthError:
+			nc.Close()
+			return nil, nil, fmt.Errorf("%w: %s refused user %q", errPeerAuth, addr, auth.User)
+		case h.Status() != protocol.StatusOK:
 			nc.Close()
 			return nil, nil, fmt.Errorf("server: peer %s refused %s: status 0x%02x", addr, h.Opcode, uint16(h.Status()))
 		}

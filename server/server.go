@@ -14,7 +14,8 @@
 //   - A connection's buffers grow only with the bytes a client has actually
 //     sent, up to one frame of at most MaxItemSize plus header room; a larger
 //     declared body is answered with StatusValueTooLarge and skipped without
-//     being buffered.
+//     being buffered, or, if it is more than skipFactor times that, answered
+//     and the connection closed.
 //   - Responses leave in request order.
 //   - Shutdown stops accepting, lets every connection finish the requests it
 //     has already read, flushes their responses and then closes it.
@@ -56,6 +57,12 @@ type Config struct {
 	// MaxConns is the most client connections served at once; one more is
 	// accepted and closed at once. Default 4096.
 	MaxConns int
+	// IdleTimeout closes a client connection that has sent nothing for
+	// this long, as memcached's idle_timeout does (STAT idle_kicks counts
+	// them). Zero, the default, keeps idle connections open. Connections
+	// from other nodes (see PeerAuth) are exempt: they are pooled and idle
+	// between bursts by design.
+	IdleTimeout time.Duration
 	// Users maps SASL PLAIN user names to passwords. When it is non-empty,
 	// every command but NOOP, VERSION and the SASL ones answers
 	// StatusAuthError until the connection authenticates.
@@ -78,7 +85,12 @@ type Config struct {
 	// reach the replicas; by default (false) the client waits for them.
 	AsyncReplication bool
 	// PeerAuth, if set, are the SASL PLAIN credentials this node presents
-	// to the other nodes it forwards to; needed when they require auth.
+	// to the other nodes it forwards and streams to; needed when they
+	// require auth. With Users set, PeerAuth.User is also the only user
+	// another node may authenticate as: a connection that says HELLO as a
+	// peer and then authenticates as anyone else, or fails to, is refused
+	// with StatusAuthError and a warning in the log. nil with Users set: no
+	// connection may act as a peer.
 	PeerAuth *PeerAuth
 	// Now returns the current Unix time in seconds, used to turn relative
 	// expirations into absolute ones. It must agree with the store's clock;
@@ -97,6 +109,12 @@ const (
 	// headerRoom is what a frame may carry beyond MaxItemSize: the header's
 	// extras (at most 255 bytes) and a key (at most 250).
 	headerRoom = 512
+	// skipFactor bounds what a refused frame may declare: a body up to
+	// skipFactor times the frame limit is skipped and the connection goes
+	// on, as memcached does and clients expect of a value that is too
+	// large; a larger one is no value but a broken or hostile client, and
+	// the connection is closed after the refusal.
+	skipFactor = 16
 )
 
 // Server serves the memcached binary protocol. Its methods are safe for
@@ -105,12 +123,20 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	start   time.Time
-	maxBody uint32
+	maxBody uint32 // the frame limit: largest body accepted
+	maxSkip uint64 // largest body refused without closing; see skipFactor
 	router  *router
 	peers   *peers
 	repl    *replicator // nil in single-node mode
 
 	stats struct{ backfillItems, backfillBytes, replErrors atomic.Uint64 }
+	// peerRefusals limit the warnings about refused peers, one for each
+	// reason: a node with the wrong credentials retries with every request
+	// it forwards.
+	peerRefusals [numRefusals]sometimes
+	// timeoutWarnings limits the warnings about calls to peers that time
+	// out, which under a partition every request may cause.
+	timeoutWarnings sometimes
 
 	stopRepl context.CancelFunc
 	replDone sync.WaitGroup
@@ -133,6 +159,7 @@ type Server struct {
 	currConns     atomic.Int64
 	totalConns    atomic.Uint64
 	rejectedConns atomic.Uint64
+	idleKicks     atomic.Uint64
 }
 
 // New validates cfg, fills in its defaults and returns a Server that serves
@@ -152,6 +179,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxConns < 0 {
 		return nil, fmt.Errorf("server: MaxConns %d is negative", cfg.MaxConns)
+	}
+	if cfg.IdleTimeout < 0 {
+		return nil, fmt.Errorf("server: IdleTimeout %v is negative", cfg.IdleTimeout)
 	}
 	if cfg.Version == "" {
 		cfg.Version = defaultVersion
@@ -175,6 +205,7 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		start:     time.Now(),
 		maxBody:   uint32(cfg.MaxItemSize + headerRoom),
+		maxSkip:   skipFactor * uint64(cfg.MaxItemSize+headerRoom),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
@@ -345,6 +376,50 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.stopStreams()
 	return nil
+}
+
+// isPeerUser reports whether user is the one other nodes authenticate as.
+func (s *Server) isPeerUser(user []byte) bool {
+	return s.cfg.PeerAuth != nil && string(user) == s.cfg.PeerAuth.User
+}
+
+// refusal is why a connection that said HELLO as a peer was refused.
+type refusal int
+
+const (
+	refusedPassword    refusal = iota // unknown user or wrong password
+	refusedNotPeerUser                // a user, but not the peer user
+	refusedNoAuth                     // requests without authenticating
+	numRefusals
+)
+
+func (r refusal) String() string {
+	return [numRefusals]string{
+		"unknown user or wrong password", "authenticated as a user other than the peer user",
+		"sent requests without authenticating",
+	}[r]
+}
+
+// refusePeer logs that a connection that said HELLO as a peer was refused,
+// and why: at most once every warnEvery for each reason.
+func (s *Server) refusePeer(c *conn, user string, why refusal) {
+	ok, suppressed := s.peerRefusals[why].allow(warnEvery)
+	if !ok {
+		return
+	}
+	want := ""
+	if s.cfg.PeerAuth != nil {
+		want = s.cfg.PeerAuth.User
+	}
+	s.log.Warn("refused a node: wrong peer credentials", "peer", c.nc.RemoteAddr(), "user", user,
+		"reason", why.String(), "peer_user", want, "refused_since_last_warning", suppressed)
+}
+
+// idleKick counts and logs a connection closed by Config.IdleTimeout; the
+// caller closes it.
+func (s *Server) idleKick(c *conn) {
+	s.idleKicks.Add(1)
+	s.log.Debug("closing idle connection", "peer", c.nc.RemoteAddr(), "idle_timeout", s.cfg.IdleTimeout)
 }
 
 // removeConn is called by a connection's goroutine as it ends.

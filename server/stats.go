@@ -96,6 +96,7 @@ func (c *conn) generalStats(req *protocol.Request) {
 	c.statUint(req, "curr_connections", uint64(s.currConns.Load()))
 	c.statUint(req, "total_connections", s.totalConns.Load())
 	c.statUint(req, "rejected_connections", s.rejectedConns.Load())
+	c.statUint(req, "idle_kicks", s.idleKicks.Load())
 	for i, name := range counterNames {
 		c.statUint(req, name, sum[i])
 	}
@@ -124,6 +125,7 @@ func (c *conn) settingsStats(req *protocol.Request) {
 	s := c.srv
 	c.statUint(req, "maxbytes", s.cfg.Store.Stats().LimitMaxBytes)
 	c.statUint(req, "maxconns", uint64(s.cfg.MaxConns))
+	c.statUint(req, "idle_timeout", uint64(s.cfg.IdleTimeout/time.Second))
 	c.appendStat(req, "evictions", []byte("on"))
 	c.appendStat(req, "cas_enabled", []byte("yes"))
 	c.statUint(req, "item_size_max", uint64(s.cfg.MaxItemSize))

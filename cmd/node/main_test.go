@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -63,11 +66,23 @@ func TestParseFlags(t *testing.T) {
 		{"too many replicas", []string{"-replicas", "4"}, "outside 0..3"},
 		{"join without gossip", []string{"-join", "127.0.0.1:7946"}, "-join needs -gossip"},
 		{"bad gossip address", []string{"-gossip", "7946"}, "missing port"},
+		{"idle timeout", []string{"-idle-timeout", "5m"}, ""},
+		{"negative idle timeout", []string{"-idle-timeout", "-1s"}, "-idle-timeout -1s is negative"},
+		{"json logs", []string{"-log-format", "json"}, ""},
+		{"bad log format", []string{"-log-format", "xml"}, "want text or json"},
+		{"secure cluster", []string{"-gossip", "127.0.0.1:7946", "-auth-file", "users", "-peer-user", "node",
+			"-gossip-key", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}, ""},
+		{"peer user without auth file", []string{"-peer-user", "node"}, "-peer-user needs -auth-file"},
+		{"cluster auth without peer user", []string{"-gossip", "127.0.0.1:7946", "-auth-file", "users"}, "needs -peer-user"},
+		{"single node auth without peer user", []string{"-auth-file", "users"}, ""},
+		{"gossip key not base64", []string{"-gossip", "127.0.0.1:7946", "-gossip-key", "not*base64"}, "not standard base64"},
+		{"gossip key of 10 bytes", []string{"-gossip", "127.0.0.1:7946", "-gossip-key", "MDEyMzQ1Njc4OQ=="}, "decodes to 10 bytes"},
+		{"gossip key without gossip", []string{"-gossip-key", "MDEyMzQ1Njc4OWFiY2RlZg=="}, "-gossip-key needs -gossip"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			o, err := parseFlags(tt.args, &stderr)
+			o, err := parseFlags(tt.args, noEnv, &stderr)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -84,15 +99,116 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+// noEnv is an empty environment.
+func noEnv(string) (string, bool) { return "", false }
+
+// envOf returns a lookup function over env.
+func envOf(env map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+}
+
+// TestFlagsFromEnv: every flag but -version is read from its VBCACHE_
+// variable, the command line wins, an empty variable counts as unset, and
+// an error about a value from the environment names the variable.
+func TestFlagsFromEnv(t *testing.T) {
+	const key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" // "0123456789abcdef0123456789abcdef"
+	tests := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		check   func(*options) bool
+		wantErr string
+	}{
+		{"size", map[string]string{"VBCACHE_MEMORY_LIMIT": "128MiB"}, nil,
+			func(o *options) bool { return o.memoryLimit == 128<<20 }, ""},
+		{"every kind", map[string]string{
+			"VBCACHE_LISTEN": "127.0.0.1:1", "VBCACHE_MAX_CONNS": "7", "VBCACHE_IDLE_TIMEOUT": "90s",
+			"VBCACHE_LOG_LEVEL": "debug", "VBCACHE_LOG_FORMAT": "json", "VBCACHE_GOSSIP": "127.0.0.1:2",
+			"VBCACHE_GOSSIP_KEY": key, "VBCACHE_JOIN": "127.0.0.1:3,127.0.0.1:4", "VBCACHE_REPLICATION": "async",
+		}, nil, func(o *options) bool {
+			return o.listen == "127.0.0.1:1" && o.maxConns == 7 && o.idleTimeout == 90*time.Second &&
+				o.logLevel == slog.LevelDebug && o.logFormat == "json" && o.gossip == "127.0.0.1:2" &&
+				string(o.gossipKey) == "0123456789abcdef0123456789abcdef" && len(o.seeds()) == 2 && o.replication == "async"
+		}, ""},
+		{"command line wins", map[string]string{"VBCACHE_MAX_CONNS": "7", "VBCACHE_LISTEN": "127.0.0.1:1"}, []string{"-max-conns", "9"},
+			func(o *options) bool { return o.maxConns == 9 && o.listen == "127.0.0.1:1" }, ""},
+		{"command line wins over a bad value", map[string]string{"VBCACHE_MAX_CONNS": "many"}, []string{"-max-conns", "9"},
+			func(o *options) bool { return o.maxConns == 9 }, ""},
+		{"empty is unset", map[string]string{"VBCACHE_MAX_CONNS": "", "VBCACHE_LISTEN": ""}, nil,
+			func(o *options) bool { return o.maxConns == 4096 && o.listen == ":11211" }, ""},
+		{"version is not read", map[string]string{"VBCACHE_VERSION": "1.2.3"}, nil,
+			func(o *options) bool { return !o.showVersion }, ""},
+		{"bad integer", map[string]string{"VBCACHE_MAX_CONNS": "many"}, nil, nil,
+			`environment variable VBCACHE_MAX_CONNS: "many" is not a valid -max-conns`},
+		{"bad size", map[string]string{"VBCACHE_MEMORY_LIMIT": "lots"}, nil, nil,
+			`environment variable VBCACHE_MEMORY_LIMIT: "lots" is not a valid -memory-limit`},
+		{"bad duration", map[string]string{"VBCACHE_IDLE_TIMEOUT": "10"}, nil, nil,
+			"environment variable VBCACHE_IDLE_TIMEOUT"},
+		{"out of range", map[string]string{"VBCACHE_MEMORY_LIMIT": "64"}, nil, nil,
+			"-memory-limit (from VBCACHE_MEMORY_LIMIT) 64 is below the 1MiB minimum"},
+		{"needs another flag", map[string]string{"VBCACHE_JOIN": "127.0.0.1:3"}, nil, nil,
+			"-join (from VBCACHE_JOIN) needs -gossip"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			o, err := parseFlags(tt.args, envOf(tt.env), &stderr)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v; want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(o) {
+				t.Fatalf("options %+v", *o)
+			}
+		})
+	}
+	t.Run("a bad key is not repeated", func(t *testing.T) {
+		secret := "c2VjcmV0LXNlY3JldA=" // malformed base64
+		_, err := parseFlags([]string{"-gossip", "127.0.0.1:1"}, envOf(map[string]string{"VBCACHE_GOSSIP_KEY": secret}), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "VBCACHE_GOSSIP_KEY") || strings.Contains(err.Error(), secret) {
+			t.Fatalf("err %v; want one naming VBCACHE_GOSSIP_KEY without its value", err)
+		}
+	})
+}
+
+// TestEveryFlagHasAnEnvVar: -h shows each flag's variable, derived from
+// its name.
+func TestEveryFlagHasAnEnvVar(t *testing.T) {
+	var stderr bytes.Buffer
+	fs := newFlagSet(new(options), &stderr)
+	fs.Usage()
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envName(f.Name)
+		if f.Name == "version" {
+			if env != "" || strings.Contains(stderr.String(), "VBCACHE_VERSION") {
+				t.Errorf("-version is read from the environment")
+			}
+			return
+		}
+		if want := "VBCACHE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")); env != want {
+			t.Errorf("-%s: variable %s, want %s", f.Name, env, want)
+		}
+		if !strings.Contains(stderr.String(), "[$"+env+"]") {
+			t.Errorf("-h does not mention %s", env)
+		}
+	})
+}
+
 func TestHelpShowsEveryFlagWithDefaults(t *testing.T) {
 	var stderr bytes.Buffer
-	_, err := parseFlags([]string{"-h"}, &stderr)
+	_, err := parseFlags([]string{"-h"}, noEnv, &stderr)
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"-listen", "(default \":11211\")", "-memory-limit", "(default 64MiB)", "-max-item-size",
 		"(default 1MiB)", "-max-conns", "(default 4096)", "-auth-file", "-log-level", "(default INFO)", "-version",
-		"-gossip", "-join", "-name", "-advertise", "-http", "-vbuckets", "(default 1024)", "-replicas", "(default 1)"} {
+		"-gossip", "-join", "-name", "-advertise", "-http", "-vbuckets", "(default 1024)", "-replicas", "(default 1)",
+		"-idle-timeout", "-peer-user", "-gossip-key", "-log-format", "(default \"text\")"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("-h lacks %q:\n%s", want, stderr.String())
 		}
@@ -154,12 +270,105 @@ func TestBinarySignals(t *testing.T) {
 		}
 	})
 
+	t.Run("peer user not in the auth file", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "users")
+		os.WriteFile(f, []byte("alice:wonderland\n"), 0o600)
+		out, err := exec.Command(bin, "-listen", "127.0.0.1:0", "-gossip", "127.0.0.1:0", "-auth-file", f, "-peer-user", "bob").CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), `-peer-user "bob" is not a user of -auth-file`) {
+			t.Fatalf("err %v, output %q", err, out)
+		}
+	})
+
 	t.Run("version", func(t *testing.T) {
 		out, err := exec.Command(bin, "-version").Output()
 		if err != nil || !strings.Contains(string(out), version) {
 			t.Fatalf("%v %q", err, out)
 		}
 	})
+}
+
+// TestBinaryEnv runs the real binary configured from the environment,
+// logging JSON.
+func TestBinaryEnv(t *testing.T) {
+	bin := buildNode(t)
+
+	t.Run("settings from the environment, JSON logs", func(t *testing.T) {
+		// VBCACHE_MAX_CONNS is refused, but the command line wins.
+		cmd := exec.Command(bin, "-max-conns", "10")
+		cmd.Env = cleanEnv("VBCACHE_LISTEN=127.0.0.1:0", "VBCACHE_LOG_FORMAT=json", "VBCACHE_IDLE_TIMEOUT=1m",
+			"VBCACHE_MAX_CONNS=many")
+		stderr, _ := cmd.StderrPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		lines := make(chan map[string]any)
+		go func() {
+			defer close(lines)
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				var rec map[string]any
+				if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+					rec = map[string]any{"not JSON": sc.Text()}
+				}
+				lines <- rec
+			}
+		}()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case rec, ok := <-lines:
+				if !ok {
+					t.Fatal("the node exited without logging that it listens")
+				}
+				if bad, ok := rec["not JSON"]; ok {
+					t.Fatalf("log line is not JSON: %s", bad)
+				}
+				if rec["msg"] != "listening" {
+					continue
+				}
+				if rec["idle_timeout"] != "1m0s" || rec["max_conns"] != 10.0 || rec["level"] != "INFO" {
+					t.Fatalf("listening with %v; want idle_timeout 1m0s from the environment, max_conns 10 from the command line", rec)
+				}
+				addr, _ := rec["addr"].(string)
+				if !strings.HasPrefix(addr, "127.0.0.1:") {
+					t.Fatalf("listening on %q, want VBCACHE_LISTEN's 127.0.0.1", addr)
+				}
+				return
+			case <-timeout:
+				t.Fatal("node did not log its address")
+			}
+		}
+	})
+
+	for _, tc := range []struct{ name, env, want string }{
+		{"bad integer", "VBCACHE_MAX_CONNS=many", `environment variable VBCACHE_MAX_CONNS: "many" is not a valid -max-conns`},
+		{"bad gossip key", "VBCACHE_GOSSIP_KEY=c2hvcnQ=", "environment variable VBCACHE_GOSSIP_KEY: is not a valid -gossip-key: decodes to 5 bytes"},
+		{"value out of range", "VBCACHE_REPLICAS=5", "-replicas (from VBCACHE_REPLICAS) 5 is outside 0..3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(bin, "-gossip", "127.0.0.1:0", "-listen", "127.0.0.1:0")
+			cmd.Env = cleanEnv(tc.env)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("err %v, output %q; want exit 2 and %q", err, out, tc.want)
+			}
+		})
+	}
+}
+
+// cleanEnv returns this process's environment without VBCACHE_ variables,
+// plus vars.
+func cleanEnv(vars ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, envPrefix) {
+			env = append(env, kv)
+		}
+	}
+	return append(env, vars...)
 }
 
 var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
