@@ -96,6 +96,12 @@ type Config struct {
 	// same key: a node without it, or with another, cannot join, and both
 	// sides log why. Default: none, gossip in the clear.
 	GossipKey []byte
+	// PeerCheck fingerprints the credentials this node presents to the
+	// others and accepts from them (see node.Config.PeerUser). A node
+	// whose fingerprint differs cannot join, like one with another vbucket
+	// count: its streams and forwarded requests would all be refused.
+	// Default: none, for a cluster without credentials.
+	PeerCheck string
 }
 
 // Cluster is this node's view of the cluster. Its methods are safe for

@@ -19,7 +19,7 @@ func (d *delegate) c() *Cluster { return (*Cluster)(d) }
 func (d *delegate) NodeMeta(limit int) []byte {
 	c := d.c()
 	m := meta{KV: c.cfg.KV, HTTP: c.cfg.HTTP, Start: c.start, VBuckets: c.cfg.VBuckets,
-		Ready: c.readyRev.Load(), Leaving: c.leaving.Load()}
+		Ready: c.readyRev.Load(), Leaving: c.leaving.Load(), Peer: c.cfg.PeerCheck}
 	if cur := c.cur.Load(); cur != nil {
 		m.Rev = cur.Rev
 	}
@@ -101,8 +101,20 @@ func (c *Cluster) incompatible(n *memberlist.Node) string {
 	if err != nil {
 		return err.Error()
 	}
-	if m.VBuckets != c.cfg.VBuckets {
+	return c.mismatch(m)
+}
+
+// mismatch says why a node advertising m cannot be in this cluster, or "".
+func (c *Cluster) mismatch(m meta) string {
+	switch {
+	case m.VBuckets != c.cfg.VBuckets:
 		return fmt.Sprintf("it has -vbuckets %d, this node %d; a cluster has one vbucket count for life", m.VBuckets, c.cfg.VBuckets)
+	case m.Peer == "" && c.cfg.PeerCheck != "":
+		return "it presents no peer credentials and this node requires them (-auth-file, -peer-user)"
+	case m.Peer != "" && c.cfg.PeerCheck == "":
+		return "it presents peer credentials and this node has none (-auth-file, -peer-user)"
+	case m.Peer != c.cfg.PeerCheck:
+		return "its peer credentials differ from this node's (-peer-user and its password in -auth-file must be the same on every node)"
 	}
 	return ""
 }
@@ -114,8 +126,8 @@ func (c *Cluster) record(n *memberlist.Node, event string) {
 	bad := ""
 	if err != nil {
 		bad = err.Error()
-	} else if m.VBuckets != c.cfg.VBuckets {
-		bad = c.incompatible(n)
+	} else {
+		bad = c.mismatch(m)
 	}
 	state := n.State
 	c.mu.Lock()

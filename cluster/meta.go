@@ -22,6 +22,7 @@ type meta struct {
 	Rev      int64  `json:"rev"`            // rev of the map the node holds
 	Ready    int64  `json:"ready"`          // highest rev whose streams this node has backfilled
 	Leaving  bool   `json:"leaving,omitempty"`
+	Peer     string `json:"peer,omitempty"` // Config.PeerCheck
 }
 
 func (m *meta) encode() []byte {

@@ -9,6 +9,9 @@ package node
 
 import (
 	"context"
+	"crypto/pbkdf2"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -143,10 +146,14 @@ func New(cfg Config) (*Node, error) {
 		AsyncReplication: cfg.AsyncReplication,
 	}
 	if cfg.Gossip != "" {
+		check, err := peerFingerprint(peerAuth)
+		if err != nil {
+			return nil, err
+		}
 		ccfg := cluster.Config{
 			Name: cfg.Name, Gossip: cfg.Gossip, Advertise: cfg.Advertise, Seeds: cfg.Seeds,
 			KV: n.kvAddr, VBuckets: cfg.VBuckets, Replicas: cfg.Replicas, Logger: cfg.Logger,
-			GossipKey: cfg.GossipKey,
+			GossipKey: cfg.GossipKey, PeerCheck: check,
 		}
 		if cfg.Advertise == "" {
 			ccfg.Advertise = host
@@ -289,6 +296,27 @@ func peerCredentials(cfg Config) (*server.PeerAuth, error) {
 	}
 	return &server.PeerAuth{User: cfg.PeerUser, Password: pass}, nil
 }
+
+// peerFingerprint is what a node advertises in its gossip metadata so that
+// the others refuse it at once if its peer credentials differ from theirs,
+// rather than admit it and have every stream to it refused. It is
+// PBKDF2-SHA256 of the password, salted with the user, at a cost that makes
+// guessing the password from it slow; without -gossip-key, gossip is in the
+// clear and anyone on the network can read it.
+func peerFingerprint(a *server.PeerAuth) (string, error) {
+	if a == nil {
+		return "", nil
+	}
+	key, err := pbkdf2.Key(sha256.New, a.Password, []byte("vbcache peer credentials\x00"+a.User), peerFingerprintIter, 16)
+	if err != nil { // FIPS 140-only mode refuses short passwords
+		return "", fmt.Errorf("node: peer credentials: %w", err)
+	}
+	return base64.RawStdEncoding.EncodeToString(key), nil
+}
+
+// peerFingerprintIter is PBKDF2's iteration count for peerFingerprint:
+// about 20 ms of one core at each start.
+const peerFingerprintIter = 100_000
 
 // advertiseHost picks the host other nodes and clients reach this node at.
 func advertiseHost(cfg Config) string {

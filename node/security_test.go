@@ -230,51 +230,80 @@ func TestGossipKeyWhereClusterHasNone(t *testing.T) {
 	}
 }
 
-// TestPeerCredentialsRefused: a node that joins the gossip but presents
-// the wrong peer credentials, or none, is refused by the others when it
-// forwards to them; both sides log why, and its client gets a temporary
-// failure, not the data.
+// TestPeerCredentialsRefused: a node whose peer credentials differ from
+// the cluster's cannot join (its gossip metadata fingerprints them), and
+// both sides log why; the cluster's map never includes it and the cluster
+// keeps serving.
 func TestPeerCredentialsRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		users    map[string]string
 		peerUser string
-		why      string // the reason the cluster's nodes log
+		why      string // the reason the refusal gives
 	}{
-		{"wrong password", map[string]string{"vbcache": "guess", "alice": "wonderland"}, "vbcache", "unknown user or wrong password"},
-		{"not the peer user", testUsers, "alice", "authenticated as a user other than the peer user"},
-		{"no credentials", nil, "", "sent requests without authenticating"},
+		{"wrong password", map[string]string{"vbcache": "guess", "alice": "wonderland"}, "vbcache", "peer credentials differ"},
+		{"another peer user", testUsers, "alice", "peer credentials differ"},
+		{"no credentials", nil, "", "presents no peer credentials"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			key := gossipKey(t)
 			nodes := startSecureCluster(t, 2, Config{Users: testUsers, PeerUser: testPeerUser, GossipKey: key})
+			before := waitConverged(t, nodes)
 			bad := startNodeWith(t, "misconfigured", Config{
 				Users: tc.users, PeerUser: tc.peerUser, GossipKey: key, Seeds: []string{nodes[0].Cluster().GossipAddr()},
 			})
 			defer bad.Close()
-
-			// Once the node holds the cluster's map, ask it for a key
-			// another node holds: it forwards, and is refused.
-			var m *vbucket.Map
-			deadline := time.Now().Add(convergeTimeout)
-			for m = bad.Cluster().Map(); m == nil || m.IndexOf(nodes[0].name) < 0; m = bad.Cluster().Map() {
-				if time.Now().After(deadline) {
-					t.Fatal("the node never adopted the cluster's map")
+			waitLog(t, nodes, "refusing to merge", "misconfigured", tc.why)
+			waitLog(t, []*testNode{bad}, "refusing to merge", "peer credentials")
+			for _, n := range nodes {
+				if m := n.Cluster().Map(); m.IndexOf(bad.name) >= 0 || m.Rev != before.Rev {
+					t.Errorf("%s's map rev %d (was %d) places the refused node at %d", n.name, m.Rev, before.Rev, m.IndexOf(bad.name))
 				}
-				time.Sleep(20 * time.Millisecond)
 			}
-			self := m.IndexOf(bad.name)
-			k, _ := keyOwnedBy(m, func(i int) bool { return i >= 0 && i != self })
-			c := dial(t, bad.KVAddr())
-			if tc.users != nil {
-				c, _ = login(t, bad.KVAddr(), "alice", "wonderland")
+			checkServesAuthenticated(t, nodes, "after-"+strings.ReplaceAll(tc.name, " ", "-"))
+		})
+	}
+}
+
+// TestPeerTrafficNeedsPeerUser: behind the join check, a node serves
+// stream messages only to a connection that authenticated as the peer user;
+// any other gets 0x20 and the node logs why.
+func TestPeerTrafficNeedsPeerUser(t *testing.T) {
+	nodes := startSecureCluster(t, 2, Config{Users: testUsers, PeerUser: testPeerUser, GossipKey: gossipKey(t)})
+	m := waitConverged(t, nodes)
+	recv := nodes[1]
+	var vb uint16 // a vbucket recv holds as a replica, so it would apply a copy
+	for m.Active(vb) == m.IndexOf(recv.name) {
+		vb++
+	}
+	copyExtras := make([]byte, 24)
+	for _, tc := range []struct {
+		name, user, pass, why string
+	}{
+		// First: after a refused SASL the next request is refused for want
+		// of authentication too, and that warning comes once per interval.
+		{"no authentication", "", "", "sent requests without authenticating"},
+		{"another user", "alice", testUsers["alice"], "authenticated as a user other than the peer user"},
+		{"wrong password", testPeerUser, "guess", "unknown user or wrong password"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			marks := logMarks([]*testNode{recv})
+			c := dial(t, recv.KVAddr())
+			c.send(protocol.OpHello, 0, "vbcache-peer test", nil, "") // the agent nodes send
+			if st, _ := c.recv(t); st != protocol.StatusOK {
+				t.Fatalf("HELLO: status 0x%02x", st)
 			}
-			c.send(protocol.OpGet, 0, k, nil, "")
-			if st, _ := c.recv(t); st != protocol.StatusTempFailure {
-				t.Errorf("GET of another node's key on the refused node: status 0x%02x, want 0x86", st)
+			if tc.user != "" {
+				c.send(protocol.OpSASLAuth, 0, "PLAIN", nil, "\x00"+tc.user+"\x00"+tc.pass)
+				if st, _ := c.recv(t); st != protocol.StatusAuthError {
+					t.Errorf("SASL as %s on a connection that says it is a node: status 0x%02x, want 0x20", tc.user, st)
+				}
 			}
-			waitLog(t, nodes, "level=WARN", "refused a node: wrong peer credentials", tc.why)
-			waitLog(t, []*testNode{bad}, "level=WARN", "another node refused this node")
+			c.send(protocol.OpSetWithMeta, vb, "copy", copyExtras, "v")
+			if st, _ := c.recv(t); st != protocol.StatusAuthError {
+				t.Errorf("SET_WITH_META: status 0x%02x, want 0x20", st)
+			}
+			waitLogAfter(t, []*testNode{recv}, marks, "level=WARN", "refused a node: wrong peer credentials", tc.why)
 		})
 	}
 }
