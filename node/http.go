@@ -11,6 +11,8 @@ import (
 
 // handler serves the node's HTTP endpoints:
 //
+//	/                               the dashboard (dashboard.go), with
+//	/api/stats, /api/dashboard      the figures it polls
 //	/healthz                        200 once serving, else 503
 //	/cluster                        members, rev, vbuckets per node, the map
 //	/pools, /pools/default,
@@ -19,6 +21,7 @@ import (
 //	/debug/pprof/                   Go's profiler (CPU, heap, goroutines)
 func (n *Node) handler() http.Handler {
 	mux := http.NewServeMux()
+	n.handleDashboard(mux)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -88,7 +91,7 @@ func (n *Node) status() cluster.Status {
 		Node: "self", Rev: m.Rev, VBuckets: m.NumVBuckets(), Coordinator: "self", Map: m,
 		Members: []cluster.MemberStatus{{
 			Name: "self", State: "alive", KV: n.kvAddr, HTTP: n.HTTPAddr(),
-			Rev: m.Rev, ActiveVBuckets: active[0], ReplicaVBuckets: replica[0],
+			Rev: m.Rev, Ready: m.Rev, ActiveVBuckets: active[0], ReplicaVBuckets: replica[0],
 		}},
 	}
 }
