@@ -45,6 +45,8 @@ type browser struct {
 
 	mu       sync.Mutex // guards messages
 	messages []string   // console errors and uncaught exceptions of the page
+
+	console sync.WaitGroup // the goroutine that collects messages
 }
 
 // startBrowser starts headless Chromium with a fresh profile, bounded by
@@ -78,6 +80,7 @@ func startBrowser(t *testing.T) *browser {
 	b.ctx = bctx
 	t.Cleanup(func() {
 		cancelBrowser() // closes the browser and waits for it
+		b.console.Wait()
 		cancelAlloc()
 		cancelTimeout()
 		if t.Failed() {
@@ -88,7 +91,7 @@ func startBrowser(t *testing.T) *browser {
 		t.Fatalf("starting %s: %v\n%s", path, err, b.out)
 	}
 	messages := chromedp.Console(bctx)
-	go func() { // ends when the browser does
+	b.console.Go(func() { // ends with the browser
 		for m, err := range messages {
 			if err != nil {
 				return
@@ -99,7 +102,7 @@ func startBrowser(t *testing.T) *browser {
 				b.mu.Unlock()
 			}
 		}
-	}()
+	})
 	return b
 }
 
