@@ -26,7 +26,8 @@ type MemberStatus struct {
 	KV              string `json:"kv"`
 	HTTP            string `json:"http,omitempty"`
 	Gossip          string `json:"gossip"`
-	Rev             int64  `json:"rev"` // rev of the map the member advertises
+	Rev             int64  `json:"rev"`   // rev of the map the member advertises
+	Ready           int64  `json:"ready"` // highest rev whose streams the member has backfilled
 	ActiveVBuckets  int    `json:"active_vbuckets"`
 	ReplicaVBuckets int    `json:"replica_vbuckets"`
 	Reason          string `json:"reason,omitempty"` // why an incompatible member is refused
@@ -49,7 +50,7 @@ func (c *Cluster) Status() Status {
 	for _, mb := range c.members {
 		ms := MemberStatus{
 			Name: mb.name, State: stateName(mb.state), KV: mb.meta.KV, HTTP: mb.meta.HTTP,
-			Gossip: mb.gossip, Rev: mb.meta.Rev, Reason: mb.bad,
+			Gossip: mb.gossip, Rev: mb.meta.Rev, Ready: mb.meta.Ready, Reason: mb.bad,
 		}
 		if mb.bad != "" {
 			ms.State = "incompatible"

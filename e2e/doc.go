@@ -23,7 +23,16 @@
 //	                      the tap.
 //	E2E_NODE_ARGS="..."   extra flags for every node of the cluster tests,
 //	                      e.g. "-vbuckets 64 -log-level debug".
+//	VBCACHE_SCREENSHOT_DIR=DIR
+//	                      where the dashboard tests save their screenshots;
+//	                      default vbcache-screenshots in the system's
+//	                      temporary directory. They stay after the run.
 //
-// The clients are Debian packages; scripts/test.sh installs them. A missing
-// client fails its test with the name of the package to install.
+// The dashboard tests (dashboard_test.go) load each node's dashboard in
+// headless Chromium, driven by chromedp, and check what it shows against
+// what the nodes report.
+//
+// The clients and Chromium are Debian packages; scripts/test.sh installs
+// them. A missing one fails its test with the name of the package to
+// install.
 package e2e

@@ -12,6 +12,8 @@ import (
 
 // handler serves the node's HTTP endpoints:
 //
+//	/                               the dashboard (dashboard.go), with
+//	/api/stats, /api/dashboard      the figures it polls
 //	/healthz                        200 once serving, else 503
 //	/cluster                        members, rev, vbuckets per node, the map
 //	/pools, /pools/default,
@@ -25,6 +27,7 @@ import (
 // key.
 func (n *Node) handler() http.Handler {
 	mux := http.NewServeMux()
+	n.handleDashboard(mux)
 	mux.Handle("/debug/pprof/", n.requireUser(http.HandlerFunc(pprof.Index)))
 	mux.Handle("/debug/pprof/profile", n.requireUser(http.HandlerFunc(pprof.Profile)))
 	mux.Handle("/debug/pprof/symbol", n.requireUser(http.HandlerFunc(pprof.Symbol)))
@@ -93,7 +96,7 @@ func (n *Node) status() cluster.Status {
 		Node: "self", Rev: m.Rev, VBuckets: m.NumVBuckets(), Coordinator: "self", Map: m,
 		Members: []cluster.MemberStatus{{
 			Name: "self", State: "alive", KV: n.kvAddr, HTTP: n.HTTPAddr(),
-			Rev: m.Rev, ActiveVBuckets: active[0], ReplicaVBuckets: replica[0],
+			Rev: m.Rev, Ready: m.Rev, ActiveVBuckets: active[0], ReplicaVBuckets: replica[0],
 		}},
 	}
 }

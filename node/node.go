@@ -89,15 +89,16 @@ var (
 
 // Node is a running cache node.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	store   *store.Store
-	srv     *server.Server
-	cl      *cluster.Cluster // nil in single-node mode
-	kvLn    net.Listener
-	httpLn  net.Listener
-	httpSrv *http.Server
-	kvAddr  string // advertised memcached address
+	cfg      Config
+	log      *slog.Logger
+	store    *store.Store
+	srv      *server.Server
+	cl       *cluster.Cluster // nil in single-node mode
+	kvLn     net.Listener
+	httpLn   net.Listener
+	httpSrv  *http.Server
+	peerHTTP *http.Client // asks other members for the dashboard; nil without httpLn
+	kvAddr   string       // advertised memcached address
 
 	wg       sync.WaitGroup
 	serveErr chan error // first error from a serving goroutine
@@ -176,6 +177,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	})
 	if n.httpLn != nil {
+		n.peerHTTP = newPeerHTTP()
 		n.httpSrv = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second}
 		n.wg.Go(func() {
 			if err := n.httpSrv.Serve(n.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -274,6 +276,9 @@ func (n *Node) stop() {
 		n.kvLn.Close()
 	}
 	n.wg.Wait()
+	if n.peerHTTP != nil {
+		n.peerHTTP.CloseIdleConnections()
+	}
 	if n.store != nil {
 		n.store.Close()
 	}

@@ -6,13 +6,16 @@
 # `go test -race` over every package (unit tests, fuzz seed corpora, the
 # end-to-end runs of real clients against a freshly built node), and a short
 # fuzzing pass over the frame decoder, a live connection and the store.
+# The dashboard tests drive headless Chromium (Debian's chromium) and leave
+# their screenshots in $VBCACHE_SCREENSHOT_DIR, by default
+# ${TMPDIR:-/tmp}/vbcache-screenshots.
 #
 #   FUZZTIME=30s scripts/test.sh   # fuzz longer (default 10s per target; 0 skips)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FUZZTIME=${FUZZTIME:-10s}
-PACKAGES=(memcached libmemcached-tools python3 python3-binary-memcached python3-pylibmc ruby ruby-dalli)
+PACKAGES=(memcached libmemcached-tools python3 python3-binary-memcached python3-pylibmc ruby ruby-dalli chromium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
