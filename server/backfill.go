@@ -139,24 +139,28 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 	for vb, streams := range todo {
 		mu := &r.vbLocks[vb]
 		mu.Lock()
+		vbItems, vbBytes := 0, 0
 		for _, key := range keys[vb] {
 			frame = r.appendCopy(frame[:0], key, vb)
 			if protocol.Opcode(frame[1]) != protocol.OpSetWithMeta {
 				continue // gone since the keys were listed
 			}
-			items++
-			bytes += len(frame)
+			vbItems++
+			vbBytes += len(frame)
 			for _, k := range streams {
 				calls[k] = append(calls[k], r.srv.peers.send(rt.m.Servers[want[k]].KV, uint64(vb), frame, protocol.OpSetWithMeta, notify))
 			}
 		}
 		mu.Unlock()
+		// Counted as each vbucket is queued, so progress shows during a
+		// long backfill.
+		items, bytes = items+vbItems, bytes+vbBytes
+		r.srv.stats.backfillItems.Add(uint64(vbItems))
+		r.srv.stats.backfillBytes.Add(uint64(vbBytes))
 		if ctx.Err() != nil {
 			return false
 		}
 	}
-	r.srv.stats.backfillItems.Add(uint64(items))
-	r.srv.stats.backfillBytes.Add(uint64(bytes))
 
 	done := true
 	for _, streams := range todo {
