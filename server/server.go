@@ -117,11 +117,15 @@ type Server struct {
 
 	closing atomic.Bool
 
-	mu        sync.Mutex // guards listeners, conns and closed
+	mu        sync.Mutex // guards listeners, conns, closed and statBase
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	closed    counters // counters of connections that have ended
-	connWG    sync.WaitGroup
+	// statBase is what the counters summed to at the last "stats reset";
+	// STAT reports the counts since. The counters themselves never go
+	// down, so /metrics can export them as Prometheus counters.
+	statBase [numCounters]uint64
+	connWG   sync.WaitGroup
 
 	// loops are the event loops (loop_linux.go), started with the first
 	// connection; nil if none could be. Guarded by mu.
@@ -357,10 +361,16 @@ func (s *Server) removeConn(c *conn) {
 	s.connWG.Done()
 }
 
-// snapshot sums the counters of every connection, live or ended.
-func (s *Server) snapshot() (sum [numCounters]uint64) {
+// snapshot sums the counters of every connection, live or ended, since
+// the server started.
+func (s *Server) snapshot() [numCounters]uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.sumLocked()
+}
+
+// sumLocked is snapshot for a caller holding s.mu.
+func (s *Server) sumLocked() (sum [numCounters]uint64) {
 	for i := range sum {
 		sum[i] = s.closed[i].Load()
 	}
@@ -372,18 +382,24 @@ func (s *Server) snapshot() (sum [numCounters]uint64) {
 	return sum
 }
 
-// resetStats zeroes the request counters, as "stats reset" does.
+// statSnapshot is snapshot since the last "stats reset", as STAT reports
+// it.
+func (s *Server) statSnapshot() (sum [numCounters]uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sum = s.sumLocked()
+	for i := range sum {
+		sum[i] -= s.statBase[i]
+	}
+	return sum
+}
+
+// resetStats starts STAT's request counters from zero, as "stats reset"
+// does.
 func (s *Server) resetStats() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i := range s.closed {
-		s.closed[i].Store(0)
-	}
-	for c := range s.conns {
-		for i := range c.stats {
-			c.stats[i].Store(0)
-		}
-	}
+	s.statBase = s.sumLocked()
 }
 
 // numGoroutinesHint is reported as "threads" in STAT.
