@@ -63,6 +63,14 @@ type conn struct {
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
 	stats counters
+	// req are the request metrics of the goroutine serving the connection
+	// (metrics.go): its event loop's, or own once it has a goroutine of
+	// its own. own is read by Metrics, so it is set under srv.mu.
+	req, own *reqStats
+	// readAt is when the last read returned; tally counts the requests
+	// handled since, until endBatch adds them to req.
+	readAt time.Time
+	tally  opTally
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -98,6 +106,9 @@ func (c *conn) serve() {
 		n, err := c.nc.Read(c.rbuf[c.w:])
 		c.w += n
 		c.stats[cBytesRead].Add(uint64(n))
+		if n > 0 {
+			c.readAt = time.Now()
+		}
 		if err != nil {
 			if n > 0 {
 				continue // handle what arrived with the error first
@@ -136,7 +147,9 @@ func (c *conn) handleBuffered() (quit bool) {
 				return false // wait for the key to arrive
 			}
 		case protocol.ErrBadLengths:
+			at := len(c.wbuf)
 			c.wbuf = protocol.AppendError(c.wbuf, req.Opcode, protocol.StatusInvalidArgs, req.Opaque)
+			c.countOp(req.Opcode, c.wbuf[at:])
 			return true
 		default: // protocol.ErrBadMagic: not our protocol; nothing to answer.
 			return true
@@ -185,7 +198,9 @@ func (c *conn) refuseTooLarge(req *protocol.Request) bool {
 		}
 		c.srv.cfg.Store.Delete(c.rbuf[c.r+keyAt:c.r+keyAt+int(req.KeyLen)], 0)
 	}
+	at := len(c.wbuf)
 	c.wbuf = protocol.AppendError(c.wbuf, req.Opcode, protocol.StatusValueTooLarge, req.Opaque)
+	c.countOp(req.Opcode, c.wbuf[at:])
 	c.r += protocol.HeaderLen
 	c.skip = uint64(req.BodyLen)
 	return true
@@ -234,10 +249,12 @@ func (c *conn) flush() error {
 	c.kickPeers()
 	c.assemble()
 	if len(c.wbuf) == 0 {
+		c.endBatch() // quiet requests that answered nothing
 		return nil
 	}
 	n, err := c.nc.Write(c.wbuf)
 	c.stats[cBytesWritten].Add(uint64(n))
+	c.endBatch()
 	if cap(c.wbuf) > keepBuf {
 		c.wbuf = make([]byte, 0, initialBuf)
 	} else {

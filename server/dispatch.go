@@ -20,6 +20,16 @@ const arithNoCreate = 0xffffffff
 // when another node serves it, leaving a slot for the response. It reports
 // whether the connection must close afterwards.
 func (c *conn) handle(req *protocol.Request) (quit bool) {
+	start, slots := len(c.wbuf), len(c.slots)
+	quit = c.dispatch(req)
+	if len(c.slots) == slots { // else counted when the slot is filled
+		c.countOp(req.Opcode, c.wbuf[start:])
+	}
+	return quit
+}
+
+// dispatch is handle without the counting.
+func (c *conn) dispatch(req *protocol.Request) (quit bool) {
 	op := req.Opcode
 	if !op.Known() {
 		c.fail(req, protocol.StatusUnknownCommand)

@@ -120,7 +120,9 @@ func (c *conn) assemble() {
 		s := &c.slots[i]
 		out = append(out, c.wbuf[prev:s.at]...)
 		prev = s.at
+		at := len(out)
 		out = c.resolve(s, out)
+		c.countOp(protocol.Opcode(s.frame[1]), out[at:])
 	}
 	out = append(out, c.wbuf[prev:]...)
 	c.spare, c.wbuf = c.wbuf[:0], out

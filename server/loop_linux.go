@@ -65,6 +65,10 @@ type eventLoop struct {
 	conns map[int32]*conn // by socket descriptor
 	dead  bool            // the loop has ended; add nothing
 
+	// req are the request metrics of every connection the loop serves
+	// (metrics.go); only the loop's goroutine writes them.
+	req reqStats
+
 	// Belong to the loop's goroutine.
 	events [loopEvents]syscall.EpollEvent
 	again  []*conn // connections with input left to read, served next round
@@ -166,6 +170,7 @@ func (l *eventLoop) add(c *conn) bool {
 		return false
 	}
 	c.lio = &loopIO{loop: l, fd: fd}
+	c.req = &l.req
 	l.conns[int32(fd)] = c
 	l.mu.Unlock()
 	nc.Close() // fd keeps the socket open
@@ -270,9 +275,12 @@ func (l *eventLoop) handOff(c *conn, quit bool) {
 		c.srv.removeConn(c)
 		return
 	}
-	c.srv.mu.Lock() // Shutdown and Close read c.nc
+	own := new(reqStats)
+	c.srv.mu.Lock() // Shutdown and Close read c.nc, Metrics c.own
 	c.nc = nc
+	c.own = own
 	c.srv.mu.Unlock()
+	c.req = own
 	if !quit {
 		go c.serve()
 		return
@@ -300,6 +308,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 		if n > 0 {
 			c.w += n
 			c.stats[cBytesRead].Add(uint64(n))
+			c.readAt = time.Now()
 		}
 		switch {
 		case errno == syscall.EAGAIN:
@@ -340,7 +349,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 }
 
 // writeNow writes wbuf without blocking and reports whether all of it
-// went; if not, wbuf holds the rest.
+// went, which ends the batch (endBatch); if not, wbuf holds the rest.
 func (c *conn) writeNow() (done bool, err error) {
 	for len(c.wbuf) > 0 {
 		n, errno := syscall.Write(c.lio.fd, c.wbuf)
@@ -367,6 +376,7 @@ func (c *conn) writeNow() (done bool, err error) {
 	if cap(c.wbuf) > keepBuf {
 		c.wbuf = make([]byte, 0, initialBuf)
 	}
+	c.endBatch()
 	return true, nil
 }
 
@@ -376,6 +386,9 @@ func (s *Server) wakeLoops() {
 		l.file.SetReadDeadline(time.Now())
 	}
 }
+
+// stats returns the request metrics of l's connections.
+func (l *eventLoop) stats() *reqStats { return &l.req }
 
 // held counts the connections l serves.
 func (l *eventLoop) held() int {

@@ -117,10 +117,11 @@ type Server struct {
 
 	closing atomic.Bool
 
-	mu        sync.Mutex // guards listeners, conns, closed and statBase
+	mu        sync.Mutex // guards listeners, conns, closed, closedReq and statBase
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	closed    counters // counters of connections that have ended
+	closed    counters  // counters of connections that have ended
+	closedReq reqTotals // request metrics of ended connections that kept their own
 	// statBase is what the counters summed to at the last "stats reset";
 	// STAT reports the counts since. The counters themselves never go
 	// down, so /metrics can export them as Prometheus counters.
@@ -276,6 +277,7 @@ func (s *Server) startConn(nc net.Conn) bool {
 	if len(loops) > 0 && loops[s.loopNext.Add(1)%uint32(len(loops))].add(c) {
 		return true
 	}
+	s.ownStats(c)
 	go c.serve()
 	return true
 }
@@ -353,9 +355,13 @@ func (s *Server) Close() error {
 
 // removeConn is called by a connection's goroutine as it ends.
 func (s *Server) removeConn(c *conn) {
+	c.publishOps() // requests whose responses could not all be written
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.closed.addFrom(&c.stats)
+	if c.own != nil {
+		c.own.addTo(&s.closedReq)
+	}
 	s.mu.Unlock()
 	s.currConns.Add(-1)
 	s.connWG.Done()

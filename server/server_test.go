@@ -679,6 +679,7 @@ func TestDispatchAllocs(t *testing.T) {
 	defer st.Close()
 	srv, _ := New(Config{Store: st})
 	c := newConn(srv, nil)
+	srv.ownStats(c)
 	value := strings.Repeat("v", 100)
 	st.Set(store.ModeSet, []byte("key"), []byte(value), 0, 0, 0, 0)
 	st.Set(store.ModeSet, []byte("counter"), []byte("1"), 0, 0, 0, 0)
@@ -719,6 +720,7 @@ func BenchmarkDispatch(b *testing.B) {
 	defer st.Close()
 	srv, _ := New(Config{Store: st})
 	c := newConn(srv, nil)
+	srv.ownStats(c)
 	value := bytes.Repeat([]byte("v"), 100)
 	st.Set(store.ModeSet, []byte("key:00000001"), value, 0, 0, 0, 0)
 	for _, bc := range []struct {

@@ -1,0 +1,110 @@
+package server
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"vbcache/protocol"
+)
+
+// TestOpRows: every opcode protocol knows is counted in its loud form's
+// row, every other in the UNKNOWN row.
+func TestOpRows(t *testing.T) {
+	for i := range 256 {
+		op := protocol.Opcode(i)
+		row := int(opCells[op].row) / numStatusCols
+		switch {
+		case !op.Known() && row != len(opRows):
+			t.Errorf("unknown opcode %#x counted as %s", i, opRows[row])
+		case op.Known() && (row == len(opRows) || opRows[row] != op.Loud()):
+			t.Errorf("%s counted in row %d, want %s's", op, row, op.Loud())
+		}
+	}
+	for _, tt := range []struct {
+		op     protocol.Opcode
+		silent string
+	}{{protocol.OpGetQ, "key_not_found"}, {protocol.OpGATKQ, "key_not_found"}, {protocol.OpSetQ, "success"}} {
+		cell := opCells[tt.op]
+		if got := statusCols[cell.silent-cell.row].name; got != tt.silent {
+			t.Errorf("%s answering nothing counts as %s, want %s", tt.op, got, tt.silent)
+		}
+	}
+	for i, c := range statusCols {
+		if got := statusCol[c.st]; int(got) != i {
+			t.Errorf("%s in column %d, want %d", c.name, got, i)
+		}
+	}
+	if got := statusCol[0x30]; int(got) != len(statusCols) {
+		t.Errorf("status 0x30 in column %d, want other", got)
+	}
+}
+
+func TestLatencyBucket(t *testing.T) {
+	last := latencyMin << (numLatencyBounds - 1) // 1.31072 s
+	for _, tt := range []struct {
+		d    time.Duration
+		want int
+	}{
+		{0, 0}, {latencyMin, 0}, {latencyMin + 1, 1}, {2 * latencyMin, 1}, {2*latencyMin + 1, 2},
+		{3 * latencyMin, 2}, {4 * latencyMin, 2}, {5 * latencyMin, 3}, {last, numLatencyBounds - 1},
+		{last + 1, numLatencyBounds}, {time.Hour, numLatencyBounds},
+	} {
+		t.Run(tt.d.String(), func(t *testing.T) {
+			if got := latencyBucket(tt.d); got != tt.want {
+				t.Fatalf("bucket %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestMetricsCountRequests: real connections, served by event loops or by
+// goroutines of their own, are counted by opcode and status, and every
+// request's latency is recorded, including those of a connection that has
+// ended.
+func TestMetricsCountRequests(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mod func(*Config)) {
+		srv, addr := testServer(t, mod)
+		c := dial(t, addr)
+		c.do(frame(protocol.OpSet, "k", "v", setExtras(0, 0), 1, 0))
+		c.do(frame(protocol.OpGet, "k", "", nil, 1, 0))
+		c.do(frame(protocol.OpGet, "nope", "", nil, 1, 0))
+		c.send(frame(protocol.OpGetQ, "nope", "", nil, 1, 0), frame(protocol.OpSetQ, "k", "v", setExtras(0, 0), 1, 0),
+			frame(protocol.OpNoop, "", "", nil, 1, 0))
+		if res := c.read(); res.Opcode != protocol.OpNoop {
+			t.Fatalf("GETQ miss, SETQ, NOOP answered %s", res.Opcode)
+		}
+		c.do(frame(protocol.Opcode(0x50), "", "", nil, 1, 0))
+		c.do(frame(protocol.OpDelete, "nope", "", nil, 1, 0))
+		// A connection that ends: on a loop it is handed off to close.
+		ended := dial(t, addr)
+		ended.do(frame(protocol.OpGet, "k", "", nil, 1, 0))
+		ended.do(frame(protocol.OpQuit, "", "", nil, 1, 0))
+		ended.expectClosed()
+		const requests = 10
+
+		waitFor(t, func() bool { return srv.currConns.Load() == 1 && srv.Metrics().Latency.Count == requests })
+		m := srv.Metrics()
+		got := map[string]uint64{}
+		for _, oc := range m.Ops {
+			got[oc.Opcode+"/"+oc.Status] = oc.Count
+		}
+		want := map[string]uint64{
+			"SET/success": 2, "GET/success": 2, "GET/key_not_found": 2, "NOOP/success": 1,
+			"UNKNOWN/unknown_command": 1, "DELETE/key_not_found": 1, "QUIT/success": 1,
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("ops %v\nwant %v", got, want)
+		}
+		if m.GetHits != 2 || m.GetMisses != 2 {
+			t.Errorf("get hits %d, misses %d; want 2, 2", m.GetHits, m.GetMisses)
+		}
+		h := m.Latency
+		if len(h.Bounds) != numLatencyBounds || len(h.Counts) != numLatencyBounds+1 || h.Bounds[0] != 10e-6 {
+			t.Fatalf("histogram bounds %v, counts %v", h.Bounds, h.Counts)
+		}
+		if h.Sum <= 0 || h.Sum > 10*requests {
+			t.Errorf("latency sum %vs for %d requests", h.Sum, requests)
+		}
+	})
+}
