@@ -1,7 +1,11 @@
 package server
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"testing"
 	"time"
 
@@ -107,4 +111,71 @@ func TestMetricsCountRequests(t *testing.T) {
 			t.Errorf("latency sum %vs for %d requests", h.Sum, requests)
 		}
 	})
+}
+
+// TestPeerLag: stream messages a peer has not acknowledged are the
+// replication lag towards it; forwarded requests are not.
+func TestPeerLag(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// The peer answers HELLO, then holds every request until told to
+	// answer them.
+	answer := make(chan struct{})
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		br := bufio.NewReader(nc)
+		readReq := func() protocol.Header {
+			hdr := make([]byte, protocol.HeaderLen)
+			if _, err := io.ReadFull(br, hdr); err != nil {
+				return protocol.Header{}
+			}
+			h := protocol.ParseHeader(hdr)
+			io.CopyN(io.Discard, br, int64(h.BodyLen))
+			return h
+		}
+		ok := func(h protocol.Header) {
+			nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0))
+		}
+		ok(readReq()) // HELLO
+		held := []protocol.Header{readReq(), readReq(), readReq()}
+		<-answer
+		for _, h := range held {
+			ok(h)
+		}
+		readReq() // until the test closes the connection
+	}()
+
+	p := newPeers(nil, slog.New(slog.DiscardHandler))
+	defer p.close()
+	addr := l.Addr().String()
+	notify := make(chan struct{}, 1)
+	get := frame(protocol.OpGet, "k", "", nil, 0, 0)
+	setMeta := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,
+		Extras: make([]byte, 24), Key: []byte("k"), Value: []byte("v")})
+	calls := []*call{
+		p.send(addr, 0, get, protocol.OpGet, notify),
+		p.send(addr, 0, setMeta, protocol.OpSetWithMeta, notify),
+		p.send(addr, 0, setMeta, protocol.OpSetWithMeta, notify),
+	}
+	waitFor(t, func() bool { lags := p.lag(); return len(lags) == 1 && lags[0].Oldest >= time.Millisecond })
+	if lags := p.lag(); lags[0].Peer != addr || lags[0].Copies != 2 {
+		t.Fatalf("lag %+v, want 2 copies to %s", lags, addr)
+	}
+	close(answer)
+	timer := newWaitTimer()
+	for _, cl := range calls {
+		if resp, err := wait(cl, timer); err != nil || respStatus(resp) != protocol.StatusOK {
+			t.Fatalf("call: %v", err)
+		}
+	}
+	if lags := p.lag(); lags[0].Copies != 0 || lags[0].Oldest != 0 {
+		t.Fatalf("lag %+v once every copy is acknowledged", lags)
+	}
 }
