@@ -13,6 +13,7 @@ import (
 //
 //	/healthz                        200 once serving, else 503
 //	/cluster                        members, rev, vbuckets per node, the map
+//	/metrics                        Prometheus metrics (metrics.go)
 //	/pools, /pools/default,
 //	/pools/default/buckets,
 //	/pools/default/buckets/default  what go-couchbase reads to find the map
@@ -24,6 +25,7 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("GET /metrics", n.metricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if n.cl != nil && !n.cl.Serving() {
 			http.Error(w, "no cluster map yet", http.StatusServiceUnavailable)
