@@ -158,71 +158,110 @@ func (r *reqStats) addTo(sum *reqTotals) {
 }
 
 // tallyCells is how many different (opcode, status) cells a tally holds
-// before it must add them to the shared counters mid-batch.
+// besides its run before it must add them to the shared counters
+// mid-batch.
 const tallyCells = 8
 
 // opTally counts the requests of the batch a connection is handling, in
-// plain memory, for its serving goroutine to add to reqStats.
+// plain memory, for its serving goroutine to add to reqStats: a run of
+// requests in the latest request's cell, and before it up to tallyCells
+// other cells.
 type opTally struct {
-	n      int // requests in the batch
+	last   uint16 // the run's cell
+	run    uint32 // 0 once the batch is published
 	used   int
 	cells  [tallyCells]uint16
 	counts [tallyCells]uint32
+	// published counts the batch's requests published before it ended,
+	// because the cells were full.
+	published int
 }
 
 // countOp counts a request with opcode op whose response is resp: the
 // bytes handling it appended to the output, empty when a quiet request
 // answered nothing.
 func (c *conn) countOp(op protocol.Opcode, resp []byte) {
-	cell := opCells[op].silent
-	if len(resp) >= protocol.HeaderLen {
-		col := uint16(len(statusCols)) // a status above 0xff
-		if resp[6] == 0 {
-			col = uint16(statusCol[resp[7]])
-		}
-		cell = opCells[op].row + col
+	if cell := cellOf(op, resp); !c.tally.extend(cell) {
+		c.newRun(cell)
 	}
-	c.tally.add(cell, c)
 }
 
-// add counts one request in cell; when the tally is full it first
-// publishes what it holds to c's counters.
-func (t *opTally) add(cell uint16, c *conn) {
-	t.n++
-	for i := range t.used {
-		if t.cells[i] == cell {
-			t.counts[i]++
-			return
-		}
+// cellOf returns the cell of a request with opcode op and response resp,
+// as for countOp.
+func cellOf(op protocol.Opcode, resp []byte) uint16 {
+	oc := &opCells[op]
+	if len(resp) < protocol.HeaderLen {
+		return oc.silent
 	}
-	if t.used == tallyCells {
-		c.publishOps()
-	}
-	t.cells[t.used], t.counts[t.used] = cell, 1
-	t.used++
+	return oc.row + statusColOf(resp[6], resp[7])
 }
 
-// publishOps adds the tallied counts to the serving goroutine's counters.
-func (c *conn) publishOps() {
+// extend counts a request in cell if cell is the run's, and reports
+// whether it did: most batches are all one kind.
+func (t *opTally) extend(cell uint16) bool {
+	if cell != t.last {
+		return false
+	}
+	t.run++
+	return true
+}
+
+// statusColOf returns the column of the status whose bytes are hi, lo.
+func statusColOf(hi, lo byte) uint16 {
+	if hi != 0 {
+		return uint16(len(statusCols)) // other
+	}
+	return uint16(statusCol[lo])
+}
+
+// newRun starts a run of requests in cell, keeping the one before in the
+// tally's cells; when they are full it first publishes them.
+func (c *conn) newRun(cell uint16) {
+	t := &c.tally
+	if t.run > 0 {
+		i := slices.Index(t.cells[:t.used], t.last)
+		if i < 0 {
+			if t.used == tallyCells {
+				t.published += c.publishOps(false)
+			}
+			i = t.used
+			t.cells[i], t.counts[i] = t.last, 0
+			t.used++
+		}
+		t.counts[i] += t.run
+	}
+	t.last, t.run = cell, 1
+}
+
+// publishOps adds the tallied counts to the serving goroutine's counters,
+// with the run's if run is set, and returns how many requests they were.
+func (c *conn) publishOps(run bool) (n int) {
 	t := &c.tally
 	for i := range t.used {
 		c.req.ops[t.cells[i]].Add(uint64(t.counts[i]))
+		n += int(t.counts[i])
 	}
 	t.used = 0
+	if run && t.run > 0 {
+		c.req.ops[t.last].Add(uint64(t.run))
+		n += int(t.run)
+		t.run = 0
+	}
+	return n
 }
 
 // endBatch publishes the counts of the requests handled since the last
 // read, now that their responses are written, and records their latency:
 // from that read to now.
 func (c *conn) endBatch() {
-	if c.tally.n == 0 {
-		return
+	if c.tally.run == 0 {
+		return // no request since the last batch: the run holds the latest
 	}
 	d := max(time.Since(c.readAt), 0)
-	c.req.latency[latencyBucket(d)].Add(uint64(c.tally.n))
-	c.req.latencyNanos.Add(uint64(d) * uint64(c.tally.n))
-	c.publishOps()
-	c.tally.n = 0
+	n := c.tally.published + c.publishOps(true)
+	c.tally.published = 0
+	c.req.latency[latencyBucket(d)].Add(uint64(n))
+	c.req.latencyNanos.Add(uint64(d) * uint64(n))
 }
 
 // reqTotals is a sum of reqStats.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"vbcache/protocol"
+	"vbcache/store"
 )
 
 // TestOpRows: every opcode protocol knows is counted in its loud form's
@@ -59,6 +60,48 @@ func TestLatencyBucket(t *testing.T) {
 				t.Fatalf("bucket %d, want %d", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestTally: a batch of many kinds of requests, more than a tally holds,
+// is counted exactly, and its latency once per request.
+func TestTally(t *testing.T) {
+	st, _ := store.New(store.Config{})
+	defer st.Close()
+	srv, _ := New(Config{Store: st})
+	c := newConn(srv, nil)
+	srv.ownStats(c)
+	want := map[uint16]uint64{}
+	ops := []protocol.Opcode{protocol.OpGet, protocol.OpSet, protocol.OpGetQ, protocol.OpNoop}
+	statuses := []protocol.Status{protocol.StatusOK, protocol.StatusKeyNotFound, protocol.StatusTempFailure, 0x1234}
+	requests := 0
+	for batch := range 3 {
+		c.readAt = time.Now()
+		for i := range 50 + batch {
+			op, st := ops[i%len(ops)], statuses[(i/3)%len(statuses)]
+			resp := protocol.AppendError(nil, op, st, 0)
+			if i%7 == 0 {
+				resp = nil // a quiet request that answered nothing
+			}
+			c.countOp(op, resp)
+			want[cellOf(op, resp)]++
+			requests++
+		}
+		c.endBatch()
+	}
+	var sum reqTotals
+	c.own.addTo(&sum)
+	for cell, n := range sum.ops {
+		if n != want[uint16(cell)] {
+			t.Errorf("cell %d counts %d, want %d", cell, n, want[uint16(cell)])
+		}
+	}
+	var latencies uint64
+	for _, n := range sum.latency {
+		latencies += n
+	}
+	if latencies != uint64(requests) {
+		t.Errorf("%d latencies recorded for %d requests", latencies, requests)
 	}
 }
 

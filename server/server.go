@@ -355,7 +355,7 @@ func (s *Server) Close() error {
 
 // removeConn is called by a connection's goroutine as it ends.
 func (s *Server) removeConn(c *conn) {
-	c.publishOps() // requests whose responses could not all be written
+	c.publishOps(true) // requests whose responses could not all be written
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.closed.addFrom(&c.stats)
