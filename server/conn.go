@@ -68,9 +68,11 @@ type conn struct {
 	// its own. own is read by Metrics, so it is set under srv.mu.
 	req, own *reqStats
 	// readAt is when the last read returned; tally counts the requests
-	// handled since, until endBatch adds them to req.
-	readAt time.Time
-	tally  opTally
+	// handled since, until endBatch adds them to req. The responses in
+	// wbuf[:counted] are in the tally (see countOutput).
+	readAt  time.Time
+	tally   opTally
+	counted int
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -147,9 +149,7 @@ func (c *conn) handleBuffered() (quit bool) {
 				return false // wait for the key to arrive
 			}
 		case protocol.ErrBadLengths:
-			at := len(c.wbuf)
 			c.wbuf = protocol.AppendError(c.wbuf, req.Opcode, protocol.StatusInvalidArgs, req.Opaque)
-			c.countOp(req.Opcode, c.wbuf[at:])
 			return true
 		default: // protocol.ErrBadMagic: not our protocol; nothing to answer.
 			return true
@@ -198,9 +198,7 @@ func (c *conn) refuseTooLarge(req *protocol.Request) bool {
 		}
 		c.srv.cfg.Store.Delete(c.rbuf[c.r+keyAt:c.r+keyAt+int(req.KeyLen)], 0)
 	}
-	at := len(c.wbuf)
 	c.wbuf = protocol.AppendError(c.wbuf, req.Opcode, protocol.StatusValueTooLarge, req.Opaque)
-	c.countOp(req.Opcode, c.wbuf[at:])
 	c.r += protocol.HeaderLen
 	c.skip = uint64(req.BodyLen)
 	return true
@@ -252,6 +250,7 @@ func (c *conn) flush() error {
 		c.endBatch() // quiet requests that answered nothing
 		return nil
 	}
+	c.countOutput()
 	n, err := c.nc.Write(c.wbuf)
 	c.stats[cBytesWritten].Add(uint64(n))
 	c.endBatch()
@@ -260,6 +259,7 @@ func (c *conn) flush() error {
 	} else {
 		c.wbuf = c.wbuf[:0]
 	}
+	c.counted = 0
 	if cap(c.spare) > keepBuf {
 		c.spare = nil
 	}

@@ -122,7 +122,9 @@ func (c *conn) assemble() {
 		prev = s.at
 		at := len(out)
 		out = c.resolve(s, out)
-		c.countOp(protocol.Opcode(s.frame[1]), out[at:])
+		if len(out) == at {
+			c.countSilent(protocol.Opcode(s.frame[1]))
+		}
 	}
 	out = append(out, c.wbuf[prev:]...)
 	c.spare, c.wbuf = c.wbuf[:0], out

@@ -351,6 +351,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 // writeNow writes wbuf without blocking and reports whether all of it
 // went, which ends the batch (endBatch); if not, wbuf holds the rest.
 func (c *conn) writeNow() (done bool, err error) {
+	c.countOutput()
 	for len(c.wbuf) > 0 {
 		n, errno := syscall.Write(c.lio.fd, c.wbuf)
 		if errno == syscall.EINTR {
@@ -360,9 +361,10 @@ func (c *conn) writeNow() (done bool, err error) {
 			c.stats[cBytesWritten].Add(uint64(n))
 			if n < len(c.wbuf) {
 				c.wbuf = c.wbuf[:copy(c.wbuf, c.wbuf[n:])]
+				c.counted = len(c.wbuf)
 				continue
 			}
-			c.wbuf = c.wbuf[:0]
+			c.wbuf, c.counted = c.wbuf[:0], 0
 			break
 		}
 		if errno == syscall.EAGAIN {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"math/bits"
 	"slices"
 	"sync/atomic"
@@ -19,11 +20,14 @@ import (
 // A connection's counts stay where they were made when it moves from a loop
 // to its own goroutine.
 //
-// The request path does no atomic operation for them: a connection tallies
-// the requests of a batch in plain memory (opTally) and adds the tally to
-// the shared counters once the batch's responses are written (endBatch),
-// with one clock read for the batch's latency after the read that
-// delivered it and one after that write.
+// The request path does nothing for them. A response frame names its
+// request's opcode and status, so just before a batch's responses are
+// written a connection walks them and tallies the requests in plain memory
+// (countOutput, opTally); once they are written it adds the tally to the
+// shared counters (endBatch), with the batch's latency: one clock read
+// after the read that delivered it and one after that write. Only a quiet
+// request that answers nothing is counted as it is handled (handle), and a
+// response another node produces as its slot is filled (assemble).
 
 // opRows are the opcodes counted apart, one row each of reqStats.ops: the
 // loud forms of every opcode protocol knows. A quiet request counts in its
@@ -177,23 +181,35 @@ type opTally struct {
 	published int
 }
 
-// countOp counts a request with opcode op whose response is resp: the
-// bytes handling it appended to the output, empty when a quiet request
-// answered nothing.
-func (c *conn) countOp(op protocol.Opcode, resp []byte) {
-	if cell := cellOf(op, resp); !c.tally.extend(cell) {
-		c.newRun(cell)
+// countOutput counts the requests whose responses wbuf holds past what is
+// counted, before they are written: each response frame is one request,
+// but for STAT, whose requests end with a frame without a key. The frames
+// carry the request's opcode and the status, so the request path pays
+// nothing for these counts; countSilent counts the requests that answer
+// nothing.
+func (c *conn) countOutput() {
+	b := c.wbuf[c.counted:]
+	for len(b) >= protocol.HeaderLen {
+		op := protocol.Opcode(b[1])
+		if op != protocol.OpStat || b[2]|b[3] == 0 {
+			c.countCell(opCells[op].row + statusColOf(b[6], b[7]))
+		}
+		b = b[min(protocol.HeaderLen+int(binary.BigEndian.Uint32(b[8:12])), len(b)):]
 	}
+	c.counted = len(c.wbuf)
 }
 
-// cellOf returns the cell of a request with opcode op and response resp,
-// as for countOp.
-func cellOf(op protocol.Opcode, resp []byte) uint16 {
-	oc := &opCells[op]
-	if len(resp) < protocol.HeaderLen {
-		return oc.silent
+// countSilent counts a request with opcode op that answered nothing: a
+// quiet one that succeeded, or for the GETQ family missed.
+func (c *conn) countSilent(op protocol.Opcode) {
+	c.countCell(opCells[op].silent)
+}
+
+// countCell counts one request in cell.
+func (c *conn) countCell(cell uint16) {
+	if !c.tally.extend(cell) {
+		c.newRun(cell)
 	}
-	return oc.row + statusColOf(resp[6], resp[7])
 }
 
 // extend counts a request in cell if cell is the run's, and reports

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -64,36 +65,64 @@ func TestLatencyBucket(t *testing.T) {
 }
 
 // TestTally: a batch of many kinds of requests, more than a tally holds,
-// is counted exactly, and its latency once per request.
+// counted from its output in pieces, is counted exactly, and its latency
+// once per request.
 func TestTally(t *testing.T) {
 	st, _ := store.New(store.Config{})
 	defer st.Close()
 	srv, _ := New(Config{Store: st})
 	c := newConn(srv, nil)
 	srv.ownStats(c)
-	want := map[uint16]uint64{}
-	ops := []protocol.Opcode{protocol.OpGet, protocol.OpSet, protocol.OpGetQ, protocol.OpNoop}
+	// cell places a request as the tables should, found another way.
+	cell := func(op protocol.Opcode, s protocol.Status) int {
+		row := slices.Index(opRows[:], op.Loud())
+		if !op.Known() {
+			row = len(opRows)
+		}
+		col := slices.IndexFunc(statusCols[:], func(c statusName) bool { return c.st == s })
+		if col < 0 {
+			col = len(statusCols)
+		}
+		return row*numStatusCols + col
+	}
+	want := map[int]uint64{}
+	ops := []protocol.Opcode{protocol.OpGet, protocol.OpSet, protocol.OpGetQ, protocol.OpNoop, 0x50}
 	statuses := []protocol.Status{protocol.StatusOK, protocol.StatusKeyNotFound, protocol.StatusTempFailure, 0x1234}
 	requests := 0
 	for batch := range 3 {
 		c.readAt = time.Now()
 		for i := range 50 + batch {
-			op, st := ops[i%len(ops)], statuses[(i/3)%len(statuses)]
-			resp := protocol.AppendError(nil, op, st, 0)
-			if i%7 == 0 {
-				resp = nil // a quiet request that answered nothing
+			op, s := ops[i%len(ops)], statuses[(i/3)%len(statuses)]
+			switch {
+			case i%7 == 0: // a quiet request that answered nothing
+				c.countSilent(op)
+				s = protocol.StatusOK
+				if isGet(op) {
+					s = protocol.StatusKeyNotFound
+				}
+			case i%11 == 0: // STAT: one request, many frames
+				op, s = protocol.OpStat, protocol.StatusOK
+				for _, name := range []string{"pid", "uptime", ""} {
+					c.appendStat(&protocol.Request{Header: protocol.Header{Opcode: op}}, name, []byte("1"))
+				}
+			default:
+				c.wbuf = protocol.AppendError(c.wbuf, op, s, 0)
 			}
-			c.countOp(op, resp)
-			want[cellOf(op, resp)]++
+			want[cell(op, s)]++
 			requests++
+			if i%10 == 0 {
+				c.countOutput()
+			}
 		}
+		c.countOutput()
+		c.wbuf, c.counted = c.wbuf[:0], 0
 		c.endBatch()
 	}
 	var sum reqTotals
 	c.own.addTo(&sum)
 	for cell, n := range sum.ops {
-		if n != want[uint16(cell)] {
-			t.Errorf("cell %d counts %d, want %d", cell, n, want[uint16(cell)])
+		if n != want[cell] {
+			t.Errorf("cell %d (row %d, column %d) counts %d, want %d", cell, cell/numStatusCols, cell%numStatusCols, n, want[cell])
 		}
 	}
 	var latencies uint64
@@ -220,5 +249,69 @@ func TestPeerLag(t *testing.T) {
 	}
 	if lags := p.lag(); lags[0].Copies != 0 || lags[0].Oldest != 0 {
 		t.Fatalf("lag %+v once every copy is acknowledged", lags)
+	}
+}
+
+// TestEveryRequestCounted: every opcode, known or not, loud or quiet,
+// answered or silent, is counted once in its row: a loud request always
+// answers, and handle counts a quiet one that does not.
+func TestEveryRequestCounted(t *testing.T) {
+	st, _ := store.New(store.Config{})
+	defer st.Close()
+	srv, _ := New(Config{Store: st})
+	c := newConn(srv, nil)
+	srv.ownStats(c)
+	rowCount := func(row int) (n uint64) {
+		var sum reqTotals
+		c.own.addTo(&sum)
+		for _, v := range sum.ops[row*numStatusCols : (row+1)*numStatusCols] {
+			n += v
+		}
+		return n
+	}
+	for i := range 256 {
+		op := protocol.Opcode(i)
+		// A well-formed request, so that quiet ones succeed silently.
+		var extras []byte
+		key, value := "k", "1"
+		switch op.Loud() {
+		case protocol.OpSet, protocol.OpAdd, protocol.OpReplace:
+			extras = setExtras(0, 0)
+		case protocol.OpIncrement, protocol.OpDecrement:
+			extras, value = arithExtras(1, 0, 0), ""
+		case protocol.OpTouch, protocol.OpGAT, protocol.OpGATK, protocol.OpVerbosity:
+			extras, value = u32(0), ""
+		case protocol.OpGet, protocol.OpGetK, protocol.OpDelete:
+			value = ""
+		case protocol.OpGetErrorMap:
+			key, value = "", "\x00\x01"
+		case protocol.OpHello:
+			value = ""
+		case protocol.OpSASLAuth:
+			key, value = "PLAIN", "\x00u\x00p"
+		case protocol.OpSelectBucket:
+			key = bucketName
+		case protocol.OpNoop, protocol.OpVersion, protocol.OpQuit, protocol.OpFlush, protocol.OpStat,
+			protocol.OpSASLListMechs, protocol.OpGetClusterConfig, protocol.OpGetVBucket:
+			key, value = "", ""
+		}
+		if op.Loud() == protocol.OpGet || op.Loud() == protocol.OpGAT || op == protocol.OpGetK || op == protocol.OpGATK {
+			key = "missing" // a quiet GET misses silently; a loud one answers
+		}
+		st.Set(store.ModeSet, []byte("k"), []byte("1"), 0, 0, 0, 0)
+		row := int(opCells[op].row) / numStatusCols
+		before := rowCount(row)
+		req, _, err := protocol.Parse(frame(op, key, value, extras, 1, 0), protocol.MagicRequest, srv.maxBody)
+		if err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+		c.readAt = time.Now()
+		c.handle(&req)
+		c.countOutput()
+		c.wbuf, c.counted = c.wbuf[:0], 0
+		c.endBatch()
+		if got := rowCount(row) - before; got != 1 {
+			t.Errorf("opcode %#x (%s) counted %d times", i, op, got)
+		}
 	}
 }
