@@ -16,6 +16,7 @@ import (
 //	/api/stats, /api/dashboard      the figures it polls
 //	/healthz                        200 once serving, else 503
 //	/cluster                        members, rev, vbuckets per node, the map
+//	/metrics                        Prometheus metrics (metrics.go)
 //	/pools, /pools/default,
 //	/pools/default/buckets,
 //	/pools/default/buckets/default  what go-couchbase reads to find the map
@@ -32,6 +33,7 @@ func (n *Node) handler() http.Handler {
 	mux.Handle("/debug/pprof/profile", n.requireUser(http.HandlerFunc(pprof.Profile)))
 	mux.Handle("/debug/pprof/symbol", n.requireUser(http.HandlerFunc(pprof.Symbol)))
 	mux.Handle("/debug/pprof/trace", n.requireUser(http.HandlerFunc(pprof.Trace)))
+	mux.Handle("GET /metrics", n.metricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if n.cl != nil && !n.cl.Serving() {
 			http.Error(w, "no cluster map yet", http.StatusServiceUnavailable)

@@ -79,6 +79,22 @@ func (r *replicator) dropLeft(prev, rt *routes) {
 	r.srv.log.Debug("dropped copies of vbuckets that moved away", "rev", rt.m.Rev, "items", removed)
 }
 
+// streams counts the streams rt asks for and how many of them are
+// backfilled.
+func (r *replicator) streams(rt *routes) (streams, backfilled int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for vb, ts := range rt.targets {
+		for _, t := range ts {
+			streams++
+			if r.backfilled[streamKey{uint16(vb), rt.m.Servers[t].Name}] {
+				backfilled++
+			}
+		}
+	}
+	return streams, backfilled
+}
+
 // backfill sends every stream of rt that is not yet backfilled the items
 // its vbucket holds, and reports whether all streams are backfilled.
 func (r *replicator) backfill(ctx context.Context, rt *routes) bool {

@@ -79,6 +79,16 @@ type conn struct {
 	// stats are this connection's request counters, read by STAT from other
 	// goroutines, hence atomic.
 	stats counters
+	// req are the request metrics of the goroutine serving the connection
+	// (metrics.go): its event loop's, or own once it has a goroutine of
+	// its own. own is read by Metrics, so it is set under srv.mu.
+	req, own *reqStats
+	// readAt is when the last read returned; tally counts the requests
+	// handled since, until endBatch adds them to req. The responses in
+	// wbuf[:counted] are in the tally (see countOutput).
+	readAt  time.Time
+	tally   opTally
+	counted int
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -116,6 +126,9 @@ func (c *conn) serve() {
 		n, err := c.nc.Read(c.rbuf[c.w:])
 		c.w += n
 		c.stats[cBytesRead].Add(uint64(n))
+		if n > 0 {
+			c.readAt = time.Now()
+		}
 		if err != nil {
 			if n > 0 {
 				continue // handle what arrived with the error first
@@ -284,15 +297,19 @@ func (c *conn) flush() error {
 	c.kickPeers()
 	c.assemble()
 	if len(c.wbuf) == 0 {
+		c.endBatch() // quiet requests that answered nothing
 		return nil
 	}
+	c.countOutput()
 	n, err := c.nc.Write(c.wbuf)
 	c.stats[cBytesWritten].Add(uint64(n))
+	c.endBatch()
 	if cap(c.wbuf) > keepBuf {
 		c.wbuf = make([]byte, 0, initialBuf)
 	} else {
 		c.wbuf = c.wbuf[:0]
 	}
+	c.counted = 0
 	if cap(c.spare) > keepBuf {
 		c.spare = nil
 	}

@@ -19,7 +19,24 @@ const arithNoCreate = 0xffffffff
 // handle serves one request, appending its response (if any) to wbuf or,
 // when another node serves it, leaving a slot for the response. It reports
 // whether the connection must close afterwards.
+//
+// /metrics counts a request by its response as that leaves (countOutput),
+// or once its slot is filled (assemble); only a quiet request may answer
+// nothing, which is counted here.
 func (c *conn) handle(req *protocol.Request) (quit bool) {
+	if !req.Opcode.IsQuiet() {
+		return c.dispatch(req)
+	}
+	start, slots := len(c.wbuf), len(c.slots)
+	quit = c.dispatch(req)
+	if len(c.wbuf) == start && len(c.slots) == slots {
+		c.countSilent(req.Opcode)
+	}
+	return quit
+}
+
+// dispatch is handle without the counting.
+func (c *conn) dispatch(req *protocol.Request) (quit bool) {
 	op := req.Opcode
 	if !op.Known() {
 		c.fail(req, protocol.StatusUnknownCommand)

@@ -120,7 +120,11 @@ func (c *conn) assemble() {
 		s := &c.slots[i]
 		out = append(out, c.wbuf[prev:s.at]...)
 		prev = s.at
+		at := len(out)
 		out = c.resolve(s, out)
+		if len(out) == at {
+			c.countSilent(protocol.Opcode(s.frame[1]))
+		}
 	}
 	out = append(out, c.wbuf[prev:]...)
 	c.spare, c.wbuf = c.wbuf[:0], out

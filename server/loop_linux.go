@@ -77,6 +77,10 @@ type eventLoop struct {
 	conns map[int32]*conn // by socket descriptor
 	dead  bool            // the loop has ended; add nothing
 
+	// req are the request metrics of every connection the loop serves
+	// (metrics.go); only the loop's goroutine writes them.
+	req reqStats
+
 	// Belong to the loop's goroutine.
 	events [loopEvents]syscall.EpollEvent
 	again  []*conn // connections with input left to read, served next round
@@ -182,6 +186,7 @@ func (l *eventLoop) add(c *conn) bool {
 		return false
 	}
 	c.lio = &loopIO{loop: l, fd: fd}
+	c.req = &l.req
 	l.conns[int32(fd)] = c
 	l.mu.Unlock()
 	nc.Close() // fd keeps the socket open
@@ -332,9 +337,12 @@ func (l *eventLoop) handOff(c *conn, quit bool) {
 		c.srv.removeConn(c)
 		return
 	}
-	c.srv.mu.Lock() // Shutdown and Close read c.nc
+	own := new(reqStats)
+	c.srv.mu.Lock() // Shutdown and Close read c.nc, Metrics c.own
 	c.nc = nc
+	c.own = own
 	c.srv.mu.Unlock()
+	c.req = own
 	if !quit {
 		go c.serve()
 		return
@@ -363,6 +371,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 			c.w += n
 			c.stats[cBytesRead].Add(uint64(n))
 			c.active = l.now
+			c.readAt = time.Now()
 		}
 		switch {
 		case errno == syscall.EAGAIN:
@@ -407,8 +416,9 @@ func (l *eventLoop) step(c *conn, hup bool) {
 }
 
 // writeNow writes wbuf without blocking and reports whether all of it
-// went; if not, wbuf holds the rest.
+// went, which ends the batch (endBatch); if not, wbuf holds the rest.
 func (c *conn) writeNow() (done bool, err error) {
+	c.countOutput()
 	for len(c.wbuf) > 0 {
 		n, errno := syscall.Write(c.lio.fd, c.wbuf)
 		if errno == syscall.EINTR {
@@ -418,9 +428,10 @@ func (c *conn) writeNow() (done bool, err error) {
 			c.stats[cBytesWritten].Add(uint64(n))
 			if n < len(c.wbuf) {
 				c.wbuf = c.wbuf[:copy(c.wbuf, c.wbuf[n:])]
+				c.counted = len(c.wbuf)
 				continue
 			}
-			c.wbuf = c.wbuf[:0]
+			c.wbuf, c.counted = c.wbuf[:0], 0
 			break
 		}
 		if errno == syscall.EAGAIN {
@@ -434,6 +445,7 @@ func (c *conn) writeNow() (done bool, err error) {
 	if cap(c.wbuf) > keepBuf {
 		c.wbuf = make([]byte, 0, initialBuf)
 	}
+	c.endBatch()
 	return true, nil
 }
 
@@ -443,6 +455,9 @@ func (s *Server) wakeLoops() {
 		l.file.SetReadDeadline(time.Now())
 	}
 }
+
+// stats returns the request metrics of l's connections.
+func (l *eventLoop) stats() *reqStats { return &l.req }
 
 // held counts the connections l serves.
 func (l *eventLoop) held() int {

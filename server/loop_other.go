@@ -18,3 +18,5 @@ func (*eventLoop) add(*conn) bool { return false }
 func (s *Server) wakeLoops() {}
 
 func (*eventLoop) held() int { return 0 }
+
+func (*eventLoop) stats() *reqStats { return nil }

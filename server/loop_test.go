@@ -125,6 +125,14 @@ func TestLargeResponses(t *testing.T) {
 				if got := srv.snapshot()[cCmdGet]; got != uint64(tc.gets) {
 					t.Fatalf("cmd_get %d", got)
 				}
+				// /metrics counts each request once, however its response
+				// was written.
+				waitFor(t, func() bool { return srv.Metrics().Latency.Count == uint64(tc.gets)+2 })
+				for _, oc := range srv.Metrics().Ops {
+					if want := map[string]uint64{"GET": uint64(tc.gets), "SET": 1, "NOOP": 1}[oc.Opcode]; oc.Status != "success" || oc.Count != want {
+						t.Errorf("%s %s counted %d times", oc.Opcode, oc.Status, oc.Count)
+					}
+				}
 				if n := loopConns(srv); n != 0 {
 					t.Fatalf("loops still hold %d connections", n)
 				}

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +53,8 @@ type PeerAuth struct {
 // channel for all its calls, so a call costs no channel of its own.
 type call struct {
 	done   atomic.Bool
+	copy   bool          // a stream message (see isCopy); guarded by the peerConn's mu
+	queued time.Duration // when it was queued, after its peerConn's start; if copy
 	notify chan struct{} // nil: no one waits
 	resp   []byte        // the whole response frame; owned by the call
 	err    error
@@ -132,7 +136,7 @@ func (p *peers) conn(addr string, i int) (*peerConn, error) {
 			p.mu.Unlock()
 			return nil, err
 		}
-		pc = &peerConn{addr: addr, log: p.log, refusals: &p.refusals, wake: make(chan struct{}, 1)}
+		pc = &peerConn{addr: addr, log: p.log, refusals: &p.refusals, wake: make(chan struct{}, 1), start: time.Now()}
 		slots[i] = pc
 		p.wg.Go(func() { pc.run(p.auth) })
 	}
@@ -164,12 +168,14 @@ type peerConn struct {
 	log      *slog.Logger
 	refusals *sometimes    // the pool's: limits warnings about refusals
 	wake     chan struct{} // tells the writer there is output; capacity 1
+	start    time.Time
 
 	mu      sync.Mutex // guards the fields below
 	nc      net.Conn
 	out     []byte
 	pending []*call // pending[head:] are unanswered, in the order queued
 	head    int
+	copies  int // the stream messages among pending[head:]
 	opaque  uint32
 	err     error     // set once; the connection is then dead
 	errAt   time.Time // when err was set
@@ -205,6 +211,10 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 		pc.mu.Unlock()
 		c.complete(nil, err)
 		return
+	}
+	if isCopy(op) {
+		c.copy, c.queued = true, time.Since(pc.start)
+		pc.copies++
 	}
 	pc.opaque++
 	at := len(pc.out)
@@ -243,7 +253,7 @@ func (pc *peerConn) fail(err error) {
 	}
 	pc.err, pc.errAt = err, time.Now()
 	pending := pc.pending[pc.head:]
-	pc.pending, pc.head, pc.out = nil, 0, nil
+	pc.pending, pc.head, pc.out, pc.copies = nil, 0, nil, 0
 	nc := pc.nc
 	pc.mu.Unlock()
 	if nc != nil {
@@ -325,6 +335,60 @@ func (pc *peerConn) gather() {
 	}
 }
 
+// isCopy reports whether op is a stream message (replicate.go), whose
+// backlog is the replication lag.
+func isCopy(op protocol.Opcode) bool {
+	return op == protocol.OpSetWithMeta || op == protocol.OpDelWithMeta || op == protocol.OpDelVBucket
+}
+
+// PeerLag is this node's replication backlog towards one peer.
+type PeerLag struct {
+	Peer string `json:"peer"` // its memcached address
+	// Copies are the stream messages (copies of writes, backfill, resets)
+	// sent or queued to it and not yet acknowledged.
+	Copies int `json:"copies"`
+	// Oldest is how long the oldest of them has waited since it was
+	// queued; 0 if there are none.
+	Oldest time.Duration `json:"oldest_ns"`
+}
+
+// lag returns the replication backlog towards every peer this node has
+// had a connection to, by address.
+func (p *peers) lag() []PeerLag {
+	p.mu.Lock()
+	lags := make([]PeerLag, 0, len(p.conns))
+	conns := make([][peerConns]*peerConn, 0, len(p.conns))
+	for addr, slots := range p.conns {
+		lags = append(lags, PeerLag{Peer: addr})
+		conns = append(conns, *slots)
+	}
+	p.mu.Unlock()
+	for i, slots := range conns {
+		for _, pc := range slots {
+			if pc != nil {
+				copies, oldest := pc.lag()
+				lags[i].Copies += copies
+				lags[i].Oldest = max(lags[i].Oldest, oldest)
+			}
+		}
+	}
+	slices.SortFunc(lags, func(a, b PeerLag) int { return strings.Compare(a.Peer, b.Peer) })
+	return lags
+}
+
+// lag returns how many stream messages pc has not had acknowledged and
+// how long the oldest has waited.
+func (pc *peerConn) lag() (copies int, oldest time.Duration) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	for _, c := range pc.pending[pc.head:] {
+		if c.copy { // the first is the oldest: pending is in queue order
+			return pc.copies, time.Since(pc.start) - c.queued
+		}
+	}
+	return 0, 0
+}
+
 // readLoop completes pending calls with the responses, in order.
 func (pc *peerConn) readLoop(br *bufio.Reader) {
 	for {
@@ -349,6 +413,9 @@ func (pc *peerConn) readLoop(br *bufio.Reader) {
 		c := pc.pending[pc.head]
 		pc.pending[pc.head] = nil
 		pc.head++
+		if c.copy {
+			pc.copies--
+		}
 		if pc.head == len(pc.pending) {
 			// Empty: start over at the front, so appends reuse the array.
 			pc.pending, pc.head = pc.pending[:0], 0

@@ -193,15 +193,27 @@ type Progress struct {
 	BackfillItems   uint64 `json:"items_sent"`       // items this node has sent in backfills, ever
 	BackfillBytes   uint64 `json:"bytes_sent"`       // bytes of those
 	ReplicationErrs uint64 `json:"replication_errors"`
+	// Streams are those the map asks this node to send (one per vbucket
+	// it holds active and other server of that vbucket's row or forward
+	// row); StreamsBackfilled of them have been sent everything the
+	// vbucket held. The node reports ready for the map once all have.
+	Streams           int `json:"streams"`
+	StreamsBackfilled int `json:"streams_backfilled"`
+	// Peers is the replication backlog towards each peer.
+	Peers []PeerLag `json:"peers"`
 }
 
-// Progress returns rebalance and replication figures for /cluster and STAT.
+// Progress returns rebalance and replication figures for /cluster, STAT
+// and /metrics.
 func (s *Server) Progress() Progress {
 	p := Progress{
 		BackfillItems: s.stats.backfillItems.Load(), BackfillBytes: s.stats.backfillBytes.Load(),
-		ReplicationErrs: s.stats.replErrors.Load(),
+		ReplicationErrs: s.stats.replErrors.Load(), Peers: s.peers.lag(),
 	}
 	if rt := s.router.get(); rt != nil {
+		if s.repl != nil {
+			p.Streams, p.StreamsBackfilled = s.repl.streams(rt)
+		}
 		p.Rev = rt.m.Rev
 		if rt.self >= 0 {
 			active, replica := rt.m.Counts()

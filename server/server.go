@@ -143,11 +143,16 @@ type Server struct {
 
 	closing atomic.Bool
 
-	mu        sync.Mutex // guards listeners, conns and closed
+	mu        sync.Mutex // guards listeners, conns, closed, closedReq and statBase
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	closed    counters // counters of connections that have ended
-	connWG    sync.WaitGroup
+	closed    counters  // counters of connections that have ended
+	closedReq reqTotals // request metrics of ended connections that kept their own
+	// statBase is what the counters summed to at the last "stats reset";
+	// STAT reports the counts since. The counters themselves never go
+	// down, so /metrics can export them as Prometheus counters.
+	statBase [numCounters]uint64
+	connWG   sync.WaitGroup
 
 	// loops are the event loops (loop_linux.go), started with the first
 	// connection; nil if none could be. Guarded by mu.
@@ -303,6 +308,7 @@ func (s *Server) startConn(nc net.Conn) bool {
 	if len(loops) > 0 && loops[s.loopNext.Add(1)%uint32(len(loops))].add(c) {
 		return true
 	}
+	s.ownStats(c)
 	go c.serve()
 	return true
 }
@@ -424,18 +430,28 @@ func (s *Server) idleKick(c *conn) {
 
 // removeConn is called by a connection's goroutine as it ends.
 func (s *Server) removeConn(c *conn) {
+	c.publishOps(true) // requests whose responses could not all be written
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.closed.addFrom(&c.stats)
+	if c.own != nil {
+		c.own.addTo(&s.closedReq)
+	}
 	s.mu.Unlock()
 	s.currConns.Add(-1)
 	s.connWG.Done()
 }
 
-// snapshot sums the counters of every connection, live or ended.
-func (s *Server) snapshot() (sum [numCounters]uint64) {
+// snapshot sums the counters of every connection, live or ended, since
+// the server started.
+func (s *Server) snapshot() [numCounters]uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.sumLocked()
+}
+
+// sumLocked is snapshot for a caller holding s.mu.
+func (s *Server) sumLocked() (sum [numCounters]uint64) {
 	for i := range sum {
 		sum[i] = s.closed[i].Load()
 	}
@@ -447,18 +463,24 @@ func (s *Server) snapshot() (sum [numCounters]uint64) {
 	return sum
 }
 
-// resetStats zeroes the request counters, as "stats reset" does.
+// statSnapshot is snapshot since the last "stats reset", as STAT reports
+// it.
+func (s *Server) statSnapshot() (sum [numCounters]uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sum = s.sumLocked()
+	for i := range sum {
+		sum[i] -= s.statBase[i]
+	}
+	return sum
+}
+
+// resetStats starts STAT's request counters from zero, as "stats reset"
+// does.
 func (s *Server) resetStats() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i := range s.closed {
-		s.closed[i].Store(0)
-	}
-	for c := range s.conns {
-		for i := range c.stats {
-			c.stats[i].Store(0)
-		}
-	}
+	s.statBase = s.sumLocked()
 }
 
 // numGoroutinesHint is reported as "threads" in STAT.

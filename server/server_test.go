@@ -554,7 +554,7 @@ func TestParseUsers(t *testing.T) {
 }
 
 func TestStats(t *testing.T) {
-	_, addr := testServer(t, nil)
+	srv, addr := testServer(t, nil)
 	c := dial(t, addr)
 	c.do(frame(protocol.OpSet, "k", "v", setExtras(0, 0), 1, 0))
 	c.do(frame(protocol.OpGet, "k", "", nil, 1, 0))
@@ -583,6 +583,14 @@ func TestStats(t *testing.T) {
 	readStats(t, c, "reset")
 	if s := readStats(t, c, ""); s["cmd_get"] != "0" {
 		t.Errorf("after reset cmd_get = %q", s["cmd_get"])
+	}
+	c.do(frame(protocol.OpGet, "k", "", nil, 1, 0))
+	if s := readStats(t, c, ""); s["cmd_get"] != "1" || s["get_hits"] != "1" || s["get_misses"] != "0" {
+		t.Errorf("a GET after reset: cmd_get %q, get_hits %q, get_misses %q; want 1, 1, 0", s["cmd_get"], s["get_hits"], s["get_misses"])
+	}
+	// The counters behind STAT never go down: /metrics exports them.
+	if got := srv.snapshot()[cCmdGet]; got != 3 {
+		t.Errorf("counted %d GETs since start, want 3", got)
 	}
 	if res := c.do(frame(protocol.OpStat, "nosuchgroup", "", nil, 1, 0)); res.Status() != protocol.StatusKeyNotFound {
 		t.Errorf("unknown group: %#x", res.Status())
@@ -671,6 +679,7 @@ func TestDispatchAllocs(t *testing.T) {
 	defer st.Close()
 	srv, _ := New(Config{Store: st})
 	c := newConn(srv, nil)
+	srv.ownStats(c)
 	value := strings.Repeat("v", 100)
 	st.Set(store.ModeSet, []byte("key"), []byte(value), 0, 0, 0, 0)
 	st.Set(store.ModeSet, []byte("counter"), []byte("1"), 0, 0, 0, 0)
@@ -711,6 +720,7 @@ func BenchmarkDispatch(b *testing.B) {
 	defer st.Close()
 	srv, _ := New(Config{Store: st})
 	c := newConn(srv, nil)
+	srv.ownStats(c)
 	value := bytes.Repeat([]byte("v"), 100)
 	st.Set(store.ModeSet, []byte("key:00000001"), value, 0, 0, 0, 0)
 	for _, bc := range []struct {

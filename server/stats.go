@@ -82,7 +82,7 @@ func (c *conn) generalStats(req *protocol.Request) {
 	now := time.Now()
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	sum := s.snapshot()
+	sum := s.statSnapshot()
 	st := s.cfg.Store.Stats()
 
 	c.statUint(req, "pid", uint64(os.Getpid()))

@@ -123,7 +123,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.join, "join", "", "comma-separated gossip `addresses` of nodes to join; retried every 2s while any is not a member, so start order does not matter and a partitioned node rejoins")
 	fs.StringVar(&o.name, "name", "", "unique node `name` in the cluster (default host:gossip-port)")
 	fs.StringVar(&o.advertise, "advertise", "", "`host` other nodes and clients reach this node at (default: the -gossip or -listen host, else a non-loopback address)")
-	fs.StringVar(&o.http, "http", "", "HTTP `host:port` for the dashboard at /, /cluster, /healthz, the /pools endpoints go-couchbase reads and Go's profiler under /debug/pprof/ (default: none; bind it to a private address)")
+	fs.StringVar(&o.http, "http", "", "HTTP `host:port` for the dashboard at /, /metrics (Prometheus), /cluster, /healthz, the /pools endpoints go-couchbase reads and Go's profiler under /debug/pprof/ (default: none; bind it to a private address)")
 	fs.IntVar(&o.vbuckets, "vbuckets", 1024, "number of vbuckets, a power of two, fixed for the life of a cluster; a node with another count is refused")
 	fs.IntVar(&o.replicas, "replicas", 1, "replica copies of each vbucket, 0 to 3 (cluster mode)")
 	fs.StringVar(&o.replication, "replication", "sync", "`mode`: sync acknowledges a write once its replicas have it; async acknowledges first")
