@@ -19,7 +19,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -123,32 +122,11 @@ func requireNode(t *testing.T) {
 // and node0's view of the agreed cluster. All nodes are stopped together
 // with SIGTERM in t.Cleanup, where a node that crashed or did not exit 0
 // fails the test, and every node's output is logged if the test failed.
+// A test that stops nodes itself uses startFailoverCluster.
 func startCluster(t *testing.T, n int, extraArgs ...string) ([]*clusterNode, *clusterView) {
 	t.Helper()
-	requireNode(t)
-	var (
-		mu    sync.Mutex // guards nodes against the cleanup
-		nodes []*clusterNode
-	)
-	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		var wg sync.WaitGroup
-		for _, nd := range nodes {
-			wg.Go(func() { nd.srv.stop(t) })
-		}
-		wg.Wait()
-	})
-	for i := range n {
-		nd := launchClusterNode(t, i, nodes, extraArgs)
-		mu.Lock()
-		nodes = append(nodes, nd)
-		mu.Unlock()
-		t.Logf("%s: kv %s gossip %s http %s (pid %d)", nd.name, nd.kv, nd.gossip, nd.http, nd.srv.cmd.Process.Pid)
-	}
-	view := waitCluster(t, nodes, clusterTimeout)
-	checkMap(t, view, nodes)
-	return nodes, view
+	fc := startFailoverCluster(t, n, extraArgs...)
+	return fc.nodes, fc.view
 }
 
 // launchClusterNode starts node i with extraArgs, joining the first of

@@ -61,9 +61,9 @@ const (
 	opcodeSetQ  = 0x11
 )
 
-// failoverCluster is a cluster started as startCluster does, whose cleanup
-// knows which node the test stopped on purpose: startCluster's cleanup fails
-// a test in which any node exited before it.
+// failoverCluster is a cluster of node processes whose cleanup knows which
+// nodes the test stopped on purpose (signal): it stops the others and fails
+// the test if any of them exited before it. startCluster returns its nodes.
 type failoverCluster struct {
 	t     *testing.T
 	nodes []*clusterNode
@@ -75,7 +75,7 @@ type failoverCluster struct {
 }
 
 // startFailoverCluster starts n nodes with launchClusterNode and waits for
-// them to agree with waitCluster, as startCluster does. In t.Cleanup every
+// them to agree with waitCluster (see startCluster). In t.Cleanup every
 // node the test did not signal is stopped with SIGTERM and must exit 0
 // (server.stop); a signalled node only has its output checked for data
 // races. Every node's output is logged if the test failed.
