@@ -14,6 +14,21 @@ import (
 // reasons an operator can act on. They match memberlist's messages
 // (v0.7), which TestGossipKey pins.
 
+// keyErrors are memberlist's messages about a gossip key that differs, with
+// what each means to the node whose join failed (joiner) and to the node
+// that refused it (refuser).
+var keyErrors = []struct{ msg, joiner, refuser string }{
+	{"no installed keys could decrypt",
+		"the seed's gossip key differs from this node's",
+		"a node with another gossip key was refused"},
+	{"remote state is encrypted and encryption is not configured",
+		"the cluster encrypts gossip and this node has no gossip key",
+		"a node with a gossip key was refused; this node has none"},
+	{"encryption is configured but remote state is not encrypted",
+		"this node has a gossip key and the seed has none",
+		"a node without the gossip key was refused"},
+}
+
 // keyMismatch explains a failed join caused by a gossip key that differs
 // from the seed's, or returns "".
 func keyMismatch(err error) string {
@@ -21,13 +36,10 @@ func keyMismatch(err error) string {
 		return ""
 	}
 	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "no installed keys could decrypt"):
-		return "the seed's gossip key differs from this node's"
-	case strings.Contains(msg, "remote state is encrypted and encryption is not configured"):
-		return "the cluster encrypts gossip and this node has no gossip key"
-	case strings.Contains(msg, "encryption is configured but remote state is not encrypted"):
-		return "this node has a gossip key and the seed has none"
+	for _, k := range keyErrors {
+		if strings.Contains(msg, k.msg) {
+			return k.joiner
+		}
 	}
 	return ""
 }
@@ -35,18 +47,16 @@ func keyMismatch(err error) string {
 // keyRefusal explains a memberlist log line about gossip refused for its
 // encryption, or returns "".
 func keyRefusal(line string) string {
-	if !strings.HasPrefix(line, "failed to receive") && !strings.HasPrefix(line, "Decrypt packet failed") {
+	if strings.HasPrefix(line, "Decrypt packet failed") {
+		return "gossip key mismatch: a packet not encrypted with this node's gossip key was refused"
+	}
+	if !strings.HasPrefix(line, "failed to receive") {
 		return "" // not about what another node sent
 	}
-	switch {
-	case strings.HasPrefix(line, "Decrypt packet failed"):
-		return "gossip key mismatch: a packet not encrypted with this node's gossip key was refused"
-	case strings.Contains(line, "no installed keys could decrypt"):
-		return "gossip key mismatch: a node with another gossip key was refused"
-	case strings.Contains(line, "encryption is configured but remote state is not encrypted"):
-		return "gossip key mismatch: a node without the gossip key was refused"
-	case strings.Contains(line, "remote state is encrypted and encryption is not configured"):
-		return "gossip key mismatch: a node with a gossip key was refused; this node has none"
+	for _, k := range keyErrors {
+		if strings.Contains(line, k.msg) {
+			return "gossip key mismatch: " + k.refuser
+		}
 	}
 	return ""
 }
