@@ -435,3 +435,67 @@ func TestStreamStartEmptiesInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestQuietCopiesRefusedAlone: a replica applies SETQ_WITH_META and
+// DELQ_WITH_META, the quiet copies peers send, without a word, and
+// answers only those it refuses, each with its own opaque; the NOOP after
+// them is answered last.
+func TestQuietCopiesRefusedAlone(t *testing.T) {
+	nodes := startCluster(t, 2)
+	m := waitConverged(t, nodes)
+	recv := nodes[1]
+	self := m.IndexOf(recv.name)
+	replicaVB, activeVB := -1, -1
+	for vb := 0; replicaVB < 0 || activeVB < 0; vb++ {
+		if m.Active(uint16(vb)) == self {
+			activeVB = vb
+		} else {
+			replicaVB = vb
+		}
+	}
+	keyIn := func(vb int, prefix string) string {
+		for i := 0; ; i++ {
+			k := fmt.Sprintf("%s-%d", prefix, i)
+			if int(vbucket.VBucket([]byte(k), m.NumVBuckets())) == vb {
+				return k
+			}
+		}
+	}
+	meta := func(cas uint64) []byte {
+		e := make([]byte, 24)
+		binary.BigEndian.PutUint64(e[16:], cas)
+		return e
+	}
+	c := dial(t, recv.KVAddr())
+	c.send(protocol.OpHello, 0, "vbcache-peer test", nil, "") // the agent peers send
+	if st, _ := c.recv(t); st != protocol.StatusOK {
+		t.Fatalf("HELLO: %v", st)
+	}
+	kept, deleted, active := keyIn(replicaVB, "kept"), keyIn(replicaVB, "deleted"), keyIn(activeVB, "active")
+	var batch []byte
+	add := func(op protocol.Opcode, vb int, key string, extras []byte, value string, opaque uint32) {
+		batch = protocol.AppendFrame(batch, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: op,
+			VBucket: uint16(vb), Opaque: opaque, Extras: extras, Key: []byte(key), Value: []byte(value)})
+	}
+	add(protocol.OpSetQWithMeta, replicaVB, kept, meta(1<<40), "v", 1)
+	add(protocol.OpSetQWithMeta, replicaVB, deleted, meta(1<<40+1), "v", 2)
+	add(protocol.OpSetQWithMeta, replicaVB, "bad-extras", meta(1)[:8], "v", 3)
+	add(protocol.OpSetQWithMeta, activeVB, active, meta(1<<40+2), "v", 4)
+	add(protocol.OpDelQWithMeta, replicaVB, deleted, meta(1<<40+3), "", 5)
+	add(protocol.OpNoop, 0, "", nil, "", 6)
+	c.nc.Write(batch)
+	for _, want := range []struct {
+		opaque uint32
+		status protocol.Status
+	}{{3, protocol.StatusInvalidArgs}, {4, protocol.StatusNotMyVBucket}, {6, protocol.StatusOK}} {
+		st, resp := c.recv(t)
+		if resp.Opaque != want.opaque || st != want.status {
+			t.Fatalf("response: opaque %d status 0x%02x, want opaque %d status 0x%02x", resp.Opaque, st, want.opaque, want.status)
+		}
+	}
+	for key, want := range map[string]bool{kept: true, deleted: false, active: false} {
+		if _, _, ok := recv.Store().Get([]byte(key), nil); ok != want {
+			t.Errorf("%s held: %v, want %v", key, ok, want)
+		}
+	}
+}

@@ -80,7 +80,9 @@ const (
 	OpDelVBucket       Opcode = 0x3f
 	OpSelectBucket     Opcode = 0x89
 	OpSetWithMeta      Opcode = 0xa2
+	OpSetQWithMeta     Opcode = 0xa3
 	OpDelWithMeta      Opcode = 0xa8
+	OpDelQWithMeta     Opcode = 0xa9
 	OpGetClusterConfig Opcode = 0xb5
 	OpGetErrorMap      Opcode = 0xfe
 )
@@ -97,6 +99,7 @@ var opNames = [256]string{
 	OpSASLAuth: "SASL_AUTH", OpSASLStep: "SASL_STEP", OpGATK: "GATK", OpGATKQ: "GATKQ",
 	OpSetVBucket: "SET_VBUCKET", OpGetVBucket: "GET_VBUCKET", OpDelVBucket: "DEL_VBUCKET",
 	OpSelectBucket: "SELECT_BUCKET", OpSetWithMeta: "SET_WITH_META", OpDelWithMeta: "DEL_WITH_META",
+	OpSetQWithMeta: "SETQ_WITH_META", OpDelQWithMeta: "DELQ_WITH_META",
 	OpGetClusterConfig: "GET_CLUSTER_CONFIG",
 	OpGetErrorMap:      "GET_ERROR_MAP",
 }
@@ -118,7 +121,7 @@ var loudOf = [256]Opcode{
 	OpGetQ: OpGet, OpGetKQ: OpGetK, OpSetQ: OpSet, OpAddQ: OpAdd, OpReplaceQ: OpReplace,
 	OpDeleteQ: OpDelete, OpIncrementQ: OpIncrement, OpDecrementQ: OpDecrement,
 	OpQuitQ: OpQuit, OpFlushQ: OpFlush, OpAppendQ: OpAppend, OpPrependQ: OpPrepend,
-	OpGATQ: OpGAT, OpGATKQ: OpGATK,
+	OpGATQ: OpGAT, OpGATKQ: OpGATK, OpSetQWithMeta: OpSetWithMeta, OpDelQWithMeta: OpDelWithMeta,
 }
 
 // IsQuiet reports whether o is the quiet form of a command: one that sends no

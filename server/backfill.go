@@ -138,7 +138,7 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 	items, bytes := 0, 0
 	calls := map[streamKey][]*call{}
 	var frame []byte
-	notify, timer := make(chan struct{}, 1), newWaitTimer()
+	w := newWaiter()
 	// Every stream starts before any is backfilled, so that the receivers
 	// get their DEL_VBUCKETs back to back and empty all those vbuckets in
 	// one pass over their stores (see conn.dropVBucket). Writes made in
@@ -164,7 +164,7 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 			vbItems++
 			vbBytes += len(frame)
 			for _, k := range streams {
-				calls[k] = append(calls[k], r.srv.peers.send(rt.m.Servers[want[k]].KV, uint64(vb), frame, protocol.OpSetWithMeta, notify))
+				calls[k] = append(calls[k], r.srv.peers.send(rt.m.Servers[want[k]].KV, uint64(vb), frame, protocol.OpSetWithMeta, w))
 			}
 		}
 		mu.Unlock()
@@ -179,11 +179,12 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 	}
 
 	done := true
+	w.waitAll() // one wake-up for the whole backfill, unless it is slow
 	for _, streams := range todo {
 		for _, k := range streams {
 			ok := true
 			for _, cl := range calls[k] {
-				if resp, err := wait(cl, timer); err != nil || respStatus(resp) != protocol.StatusOK {
+				if resp, err := w.wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
 					ok = false
 					break
 				}

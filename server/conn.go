@@ -62,10 +62,9 @@ type conn struct {
 	// and that are not emptied yet (see dropVBuckets).
 	drops  []bool
 	ndrops int
-	// notify is signalled as this connection's calls to peers complete;
-	// timer bounds the wait for one (see wait).
-	notify chan struct{}
-	timer  *time.Timer
+	// peerWait is what the connection waits on for its calls to peers; nil
+	// until it makes one.
+	peerWait *waiter
 
 	// lio is set while an event loop serves the connection (loop_linux.go).
 	lio *loopIO
@@ -97,7 +96,6 @@ func newConn(s *Server, nc net.Conn) *conn {
 		nc:     nc,
 		rbuf:   make([]byte, initialBuf),
 		wbuf:   make([]byte, 0, initialBuf),
-		notify: make(chan struct{}, 1),
 		authed: len(s.cfg.Users) == 0,
 		active: time.Now(),
 	}
@@ -219,7 +217,16 @@ func (c *conn) handleFrames() (quit bool) {
 // the batch is flushed, in one write with the batch's other requests for
 // the same peer connection.
 func (c *conn) send(addr string, lane uint64, frame []byte, op protocol.Opcode) *call {
-	cl, pc := c.srv.peers.queue(addr, lane, frame, op, c.notify)
+	// Most of a batch's requests go on connections it already used: find
+	// them without the pool's lock and map.
+	for _, pc := range c.kicks {
+		if pc.addr == addr && pc.slot == int(lane%peerConns) && !pc.failed() {
+			cl := newCall(c.waiter())
+			pc.queue(cl, frame, op)
+			return cl
+		}
+	}
+	cl, pc := c.srv.peers.queue(addr, lane, frame, op, c.waiter())
 	if pc != nil && !slices.Contains(c.kicks, pc) {
 		c.kicks = append(c.kicks, pc)
 	}

@@ -137,7 +137,8 @@ func (c *conn) execute(req *protocol.Request) (quit bool) {
 	case protocol.OpSetVBucket:
 		// vbucket states follow the cluster map, not commands.
 		c.fail(req, protocol.StatusNotSupported)
-	case protocol.OpSetWithMeta, protocol.OpDelWithMeta, protocol.OpDelVBucket:
+	case protocol.OpSetWithMeta, protocol.OpSetQWithMeta, protocol.OpDelWithMeta, protocol.OpDelQWithMeta,
+		protocol.OpDelVBucket:
 		c.applyCopy(req)
 	default:
 		// Known to the codec but not served by this node (SASL_STEP).

@@ -102,7 +102,7 @@ func (c *conn) flushCluster(req *protocol.Request) {
 	s := slot{at: len(c.wbuf), frame: frame}
 	for i, srv := range rt.m.Servers {
 		if i != rt.self {
-			s.fan = append(s.fan, c.srv.peers.send(srv.KV, 0, frame, protocol.OpFlush, c.notify))
+			s.fan = append(s.fan, c.srv.peers.send(srv.KV, 0, frame, protocol.OpFlush, c.waiter()))
 		}
 	}
 	c.slots = append(c.slots, s)
@@ -114,6 +114,9 @@ func (c *conn) assemble() {
 	if len(c.slots) == 0 {
 		return
 	}
+	// One wake-up when the last response arrives, rather than one per
+	// slot whose response is not in yet.
+	c.waiter().waitAll()
 	out := c.spare[:0]
 	prev := 0
 	for i := range c.slots {
@@ -256,7 +259,7 @@ func (c *conn) reroute(s *slot) *routes {
 		return nil
 	}
 	op := protocol.Opcode(s.frame[1])
-	s.call = c.srv.peers.send(rt.m.Servers[owner].KV, uint64(s.vb), s.frame, op.Loud(), c.notify)
+	s.call = c.srv.peers.send(rt.m.Servers[owner].KV, uint64(s.vb), s.frame, op.Loud(), c.waiter())
 	return rt
 }
 
@@ -270,38 +273,16 @@ func (c *conn) serveLocal(req *protocol.Request, out []byte) []byte {
 	return out
 }
 
-// wait returns a call's response, or an error if it failed or took longer
-// than forwardTimeout. t is the waiter's timer, stopped, for reuse.
-func wait(cl *call, t *time.Timer) ([]byte, error) {
-	if !cl.done.Load() {
-		t.Reset(forwardTimeout)
-		for !cl.done.Load() {
-			select {
-			case <-cl.notify:
-			case <-t.C:
-				if !cl.done.Load() {
-					return nil, errForwardTimeout
-				}
-			}
-		}
-		t.Stop()
-	}
-	return cl.resp, cl.err
-}
-
-// newWaitTimer returns a stopped timer for wait.
-func newWaitTimer() *time.Timer {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return t
-}
-
 // wait waits for one of the connection's calls.
-func (c *conn) wait(cl *call) ([]byte, error) {
-	if c.timer == nil {
-		c.timer = newWaitTimer()
+func (c *conn) wait(cl *call) ([]byte, error) { return c.waiter().wait(cl) }
+
+// waiter returns the connection's waiter, made on first use: most
+// connections never call a peer.
+func (c *conn) waiter() *waiter {
+	if c.peerWait == nil {
+		c.peerWait = newWaiter()
 	}
-	return wait(cl, c.timer)
+	return c.peerWait
 }
 
 // translate appends the peer's response resp as the answer to the client's

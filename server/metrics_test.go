@@ -227,23 +227,22 @@ func TestPeerLag(t *testing.T) {
 	p := newPeers(nil, slog.New(slog.DiscardHandler))
 	defer p.close()
 	addr := l.Addr().String()
-	notify := make(chan struct{}, 1)
+	w := newWaiter()
 	get := frame(protocol.OpGet, "k", "", nil, 0, 0)
 	setMeta := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,
 		Extras: make([]byte, 24), Key: []byte("k"), Value: []byte("v")})
 	calls := []*call{
-		p.send(addr, 0, get, protocol.OpGet, notify),
-		p.send(addr, 0, setMeta, protocol.OpSetWithMeta, notify),
-		p.send(addr, 0, setMeta, protocol.OpSetWithMeta, notify),
+		p.send(addr, 0, get, protocol.OpGet, w),
+		p.send(addr, 0, setMeta, protocol.OpSetWithMeta, w),
+		p.send(addr, 0, setMeta, protocol.OpSetWithMeta, w),
 	}
 	waitFor(t, func() bool { lags := p.lag(); return len(lags) == 1 && lags[0].Oldest >= time.Millisecond })
 	if lags := p.lag(); lags[0].Peer != addr || lags[0].Copies != 2 {
 		t.Fatalf("lag %+v, want 2 copies to %s", lags, addr)
 	}
 	close(answer)
-	timer := newWaitTimer()
 	for _, cl := range calls {
-		if resp, err := wait(cl, timer); err != nil || respStatus(resp) != protocol.StatusOK {
+		if resp, err := w.wait(cl); err != nil || respStatus(resp) != protocol.StatusOK {
 			t.Fatalf("call: %v", err)
 		}
 	}

@@ -46,31 +46,32 @@ type PeerAuth struct {
 	User, Password string
 }
 
-// call is one request sent to a peer. Whoever waits for it (see wait)
-// owns notify, a channel with room for one signal, which may be shared by
-// many calls: complete signals it after the call is done, and the waiter
-// checks done again after every signal. A client connection uses one
-// channel for all its calls, so a call costs no channel of its own.
+// call is one request sent to a peer, and its outcome once done.
 type call struct {
 	done   atomic.Bool
 	copy   bool          // a stream message (see isCopy); guarded by the peerConn's mu
+	quiet  bool          // sent quiet: only a failure is answered; guarded likewise
 	queued time.Duration // when it was queued, after its peerConn's start; if copy
-	notify chan struct{} // nil: no one waits
+	w      *waiter       // nil: no one waits
 	resp   []byte        // the whole response frame; owned by the call
 	err    error
 }
 
-// newCall returns a pending call that signals notify.
-func newCall(notify chan struct{}) *call { return &call{notify: notify} }
+// newCall returns a pending call of w's (w may be nil).
+func newCall(w *waiter) *call {
+	if w != nil {
+		w.pending.Add(1)
+	}
+	return &call{w: w}
+}
 
 // complete finishes the call with a response or an error and wakes its
-// waiter. It is called once.
+// waiter if it waits for it. It is called once.
 func (c *call) complete(resp []byte, err error) {
 	c.resp, c.err = resp, err
 	c.done.Store(true)
-	select {
-	case c.notify <- struct{}{}:
-	default: // a signal is already pending, or no one waits
+	if c.w != nil {
+		c.w.completed(c)
 	}
 }
 
@@ -94,8 +95,8 @@ func newPeers(auth *PeerAuth, log *slog.Logger) *peers {
 // opcode to op and its opaque to one of the connection's own, on the
 // connection chosen by lane. It does not block on the network: the call
 // completes when the response arrives or the connection fails.
-func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode, notify chan struct{}) *call {
-	c, pc := p.queue(addr, lane, frame, op, notify)
+func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode, w *waiter) *call {
+	c, pc := p.queue(addr, lane, frame, op, w)
 	if pc != nil {
 		pc.kick()
 	}
@@ -106,8 +107,8 @@ func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode,
 // out with the next kick of pc (nil if the call failed at once). A client
 // connection queues a whole batch's requests and kicks each peer
 // connection once.
-func (p *peers) queue(addr string, lane uint64, frame []byte, op protocol.Opcode, notify chan struct{}) (*call, *peerConn) {
-	c := newCall(notify)
+func (p *peers) queue(addr string, lane uint64, frame []byte, op protocol.Opcode, w *waiter) (*call, *peerConn) {
+	c := newCall(w)
 	pc, err := p.conn(addr, int(lane%peerConns))
 	if err != nil {
 		c.complete(nil, err)
@@ -136,7 +137,7 @@ func (p *peers) conn(addr string, i int) (*peerConn, error) {
 			p.mu.Unlock()
 			return nil, err
 		}
-		pc = &peerConn{addr: addr, log: p.log, refusals: &p.refusals, wake: make(chan struct{}, 1), start: time.Now()}
+		pc = &peerConn{addr: addr, slot: i, log: p.log, refusals: &p.refusals, wake: make(chan struct{}, 1), start: time.Now()}
 		slots[i] = pc
 		p.wg.Go(func() { pc.run(p.auth) })
 	}
@@ -169,23 +170,24 @@ type peerConn struct {
 	refusals *sometimes    // the pool's: limits warnings about refusals
 	wake     chan struct{} // tells the writer there is output; capacity 1
 	start    time.Time
+	slot     int         // its index in the pool's slots for addr
+	dead     atomic.Bool // err is set: callers need not take mu to know
 
-	mu      sync.Mutex // guards the fields below
-	nc      net.Conn
-	out     []byte
-	pending []*call // pending[head:] are unanswered, in the order queued
-	head    int
-	copies  int // the stream messages among pending[head:]
-	opaque  uint32
-	err     error     // set once; the connection is then dead
-	errAt   time.Time // when err was set
+	mu  sync.Mutex // guards the fields below
+	nc  net.Conn
+	out []byte
+	// pending[head:] are unanswered, in the order queued, with opaques
+	// counting up to opaque; nil for a NOOP endQuiet added.
+	pending   []*call
+	head      int
+	copies    int // the stream messages among pending[head:]
+	opaque    uint32
+	quietTail bool      // the last request in out is quiet (see endQuiet)
+	err       error     // set once; the connection is then dead
+	errAt     time.Time // when err was set
 }
 
-func (pc *peerConn) failed() bool {
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
-	return pc.err != nil
-}
+func (pc *peerConn) failed() bool { return pc.dead.Load() }
 
 // refusedRecently returns pc's error if the peer refused this node's
 // credentials less than peerAuthRetry ago: requests fail at once rather
@@ -216,6 +218,9 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 		c.copy, c.queued = true, time.Since(pc.start)
 		pc.copies++
 	}
+	op = quietCopy(op)
+	c.quiet = op.IsQuiet()
+	pc.quietTail = c.quiet
 	pc.opaque++
 	at := len(pc.out)
 	pc.out = append(pc.out, frame...)
@@ -223,6 +228,43 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 	binary.BigEndian.PutUint32(pc.out[at+12:], pc.opaque)
 	pc.pending = append(pc.pending, c)
 	pc.mu.Unlock()
+}
+
+// quietCopy returns the quiet form of a copy of a write: SET_WITH_META and
+// DEL_WITH_META go as SETQ_WITH_META and DELQ_WITH_META, which the receiver
+// answers only if it refuses them. A NOOP after them (see endQuiet)
+// acknowledges all that came before: one response per write rather than
+// one per copy, which is most of what a replica would otherwise send, and
+// lets the reader complete a whole write's copies at once. Other requests
+// keep their opcode.
+func quietCopy(op protocol.Opcode) protocol.Opcode {
+	switch op {
+	case protocol.OpSetWithMeta:
+		return protocol.OpSetQWithMeta
+	case protocol.OpDelWithMeta:
+		return protocol.OpDelQWithMeta
+	}
+	return op
+}
+
+// noop is the request endQuiet appends; its opaque is set when queued.
+var noop = protocol.AppendHeader(nil, protocol.MagicRequest, protocol.OpNoop, 0, 0, 0, 0, 0, 0, 0)
+
+// quietOK is the response of a quiet request that got none: a success.
+var quietOK = protocol.AppendHeader(nil, protocol.MagicResponse, protocol.OpNoop, 0, 0, 0, 0, 0, 0, 0)
+
+// endQuiet appends a NOOP if the output ends with a quiet request, so that
+// its response acknowledges the quiet requests before it. pc.mu is held.
+func (pc *peerConn) endQuiet() {
+	if !pc.quietTail {
+		return
+	}
+	pc.quietTail = false
+	pc.opaque++
+	at := len(pc.out)
+	pc.out = append(pc.out, noop...)
+	binary.BigEndian.PutUint32(pc.out[at+12:], pc.opaque)
+	pc.pending = append(pc.pending, nil) // no one waits for it
 }
 
 // refused fails the connection with err, an errPeerAuth, and warns, at
@@ -252,6 +294,7 @@ func (pc *peerConn) fail(err error) {
 		return
 	}
 	pc.err, pc.errAt = err, time.Now()
+	pc.dead.Store(true)
 	pending := pc.pending[pc.head:]
 	pc.pending, pc.head, pc.out, pc.copies = nil, 0, nil, 0
 	nc := pc.nc
@@ -260,7 +303,9 @@ func (pc *peerConn) fail(err error) {
 		nc.Close()
 	}
 	for _, c := range pending {
-		c.complete(nil, err)
+		if c != nil {
+			c.complete(nil, err)
+		}
 	}
 	pc.kick() // so the writer sees the error and returns
 }
@@ -298,6 +343,7 @@ func (pc *peerConn) run(auth *PeerAuth) {
 			pc.mu.Unlock()
 			return
 		}
+		pc.endQuiet()
 		buf, pc.out = pc.out, buf[:0]
 		pc.mu.Unlock()
 		if len(buf) == 0 {
@@ -382,47 +428,103 @@ func (pc *peerConn) lag() (copies int, oldest time.Duration) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	for _, c := range pc.pending[pc.head:] {
-		if c.copy { // the first is the oldest: pending is in queue order
+		if c != nil && c.copy { // the first is the oldest: pending is in queue order
 			return pc.copies, time.Since(pc.start) - c.queued
 		}
 	}
 	return 0, 0
 }
 
-// readLoop completes pending calls with the responses, in order.
+// readLoop completes pending calls with the responses, in order: a
+// response completes its request and every quiet request before it, which
+// succeeded.
 func (pc *peerConn) readLoop(br *bufio.Reader) {
+	var done []*call
+	var resps [][]byte
 	for {
 		frame, err := readFrame(br)
 		if err != nil {
 			pc.fail(fmt.Errorf("server: reading from peer %s: %w", pc.addr, err))
 			return
 		}
+		// Take this response and every other one already read whole, under
+		// one lock; complete their calls after.
 		pc.mu.Lock()
-		if pc.head == len(pc.pending) {
-			pc.mu.Unlock()
-			pc.fail(fmt.Errorf("server: peer %s sent an unrequested response", pc.addr))
-			return
+		for {
+			if respStatus(frame) == protocol.StatusAuthError {
+				// Only a node that requires authentication, from a node
+				// that did not authenticate, answers this.
+				pc.mu.Unlock()
+				pc.refused(fmt.Errorf("%w: %s requires authentication and this node has no peer credentials", errPeerAuth, pc.addr))
+				return
+			}
+			if err := pc.answered(frame, &done, &resps); err != nil {
+				pc.mu.Unlock()
+				pc.fail(err)
+				return
+			}
+			if !frameBuffered(br) {
+				break
+			}
+			if frame, err = readFrame(br); err != nil { // bad magic
+				pc.mu.Unlock()
+				pc.fail(fmt.Errorf("server: reading from peer %s: %w", pc.addr, err))
+				return
+			}
 		}
-		if respStatus(frame) == protocol.StatusAuthError {
-			// Only a node that requires authentication, from a node that
-			// did not authenticate, answers this.
-			pc.mu.Unlock()
-			pc.refused(fmt.Errorf("%w: %s requires authentication and this node has no peer credentials", errPeerAuth, pc.addr))
-			return
+		pc.mu.Unlock()
+		for i, c := range done {
+			c.complete(resps[i], nil)
+			done[i], resps[i] = nil, nil
 		}
-		c := pc.pending[pc.head]
-		pc.pending[pc.head] = nil
-		pc.head++
+		done, resps = done[:0], resps[:0]
+	}
+}
+
+// frameBuffered reports whether br holds a whole frame, which can be read
+// without blocking.
+func frameBuffered(br *bufio.Reader) bool {
+	if br.Buffered() < protocol.HeaderLen {
+		return false
+	}
+	hdr, _ := br.Peek(protocol.HeaderLen)
+	return br.Buffered() >= protocol.HeaderLen+int(binary.BigEndian.Uint32(hdr[8:12]))
+}
+
+// answered takes the calls frame answers off pending and appends them to
+// done, with their responses to resps. pc.mu is held.
+func (pc *peerConn) answered(frame []byte, done *[]*call, resps *[][]byte) error {
+	waiting := len(pc.pending) - pc.head
+	// The opaques of pending[head:] count up to pc.opaque.
+	n := int(binary.BigEndian.Uint32(frame[12:16]) - (pc.opaque - uint32(waiting) + 1))
+	if n < 0 || n >= waiting {
+		return fmt.Errorf("server: peer %s sent an unrequested response", pc.addr)
+	}
+	for i := range n + 1 {
+		c := pc.pending[pc.head+i]
+		pc.pending[pc.head+i] = nil
+		resp := frame
+		if i < n {
+			if c == nil || !c.quiet {
+				return fmt.Errorf("server: peer %s did not answer a request", pc.addr)
+			}
+			resp = quietOK
+		}
+		if c == nil {
+			continue // endQuiet's NOOP
+		}
 		if c.copy {
 			pc.copies--
 		}
-		if pc.head == len(pc.pending) {
-			// Empty: start over at the front, so appends reuse the array.
-			pc.pending, pc.head = pc.pending[:0], 0
-		}
-		pc.mu.Unlock()
-		c.complete(frame, nil)
+		*done = append(*done, c)
+		*resps = append(*resps, resp)
 	}
+	pc.head += n + 1
+	if pc.head == len(pc.pending) {
+		// Empty: start over at the front, so appends reuse the array.
+		pc.pending, pc.head = pc.pending[:0], 0
+	}
+	return nil
 }
 
 // readFrame reads one response frame from br into a new buffer.

@@ -18,6 +18,9 @@ import (
 //     then carries every mutation as SET_WITH_META or DEL_WITH_META (value,
 //     flags, data type, CAS, absolute expiration), and, in the background,
 //     a backfill of the items the vbucket held when the stream started.
+//     Copies travel in their quiet forms, SETQ_WITH_META and
+//     DELQ_WITH_META: the receiver answers only those it refuses, and a
+//     NOOP closing each write to it acknowledges the rest (peer.go).
 //   - Order: everything sent for one vbucket goes on one peer connection
 //     (the lane is the vbucket), and the write path holds the vbucket's
 //     lock from the store operation until its copy is queued; the backfill
@@ -200,7 +203,7 @@ func (c *conn) applyCopy(req *protocol.Request) {
 		return
 	}
 	st := c.srv.cfg.Store
-	switch req.Opcode {
+	switch op := req.Opcode.Loud(); op {
 	case protocol.OpDelVBucket:
 		c.dropVBucket(req.VBucket, rt.n)
 	case protocol.OpSetWithMeta, protocol.OpDelWithMeta:
@@ -212,7 +215,7 @@ func (c *conn) applyCopy(req *protocol.Request) {
 			c.dropVBuckets() // the copy goes into the emptied vbucket
 		}
 		cas := binary.BigEndian.Uint64(req.Extras[16:24])
-		if req.Opcode == protocol.OpDelWithMeta {
+		if op == protocol.OpDelWithMeta {
 			st.DeleteWithMeta(req.Key, cas)
 			break
 		}

@@ -1,0 +1,149 @@
+package server
+
+import (
+	"bufio"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"vbcache/protocol"
+)
+
+// TestQuietCopies: copies go to a peer as quiet requests followed by a
+// NOOP. The peer here answers as a node does: nothing for a quiet success,
+// an error for a refused copy, a response for every loud request. Each
+// call must get its own outcome: the refused copy its error, a loud
+// request its response, and every other copy success once a later
+// response shows the peer has handled it.
+func TestQuietCopies(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	received := make(chan []protocol.Opcode, 1)
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		br := bufio.NewReader(nc)
+		var ops []protocol.Opcode
+		for {
+			hdr := make([]byte, protocol.HeaderLen)
+			if _, err := io.ReadFull(br, hdr); err != nil {
+				received <- ops
+				return
+			}
+			h := protocol.ParseHeader(hdr)
+			body := make([]byte, h.BodyLen)
+			io.ReadFull(br, body)
+			if h.Opcode != protocol.OpHello {
+				ops = append(ops, h.Opcode)
+			}
+			key := string(body[h.ExtrasLen : int(h.ExtrasLen)+int(h.KeyLen)])
+			switch {
+			case key == "refused":
+				nc.Write(protocol.AppendError(nil, h.Opcode, protocol.StatusNotMyVBucket, h.Opaque))
+			case h.Opcode.IsQuiet():
+			default:
+				nc.Write(protocol.AppendFrame(nil, &protocol.Frame{
+					Magic: protocol.MagicResponse, Opcode: h.Opcode, Opaque: h.Opaque, Value: []byte("answer to " + key),
+				}))
+			}
+		}
+	}()
+
+	p := newPeers(nil, slog.New(slog.DiscardHandler))
+	addr := l.Addr().String()
+	w := newWaiter()
+	copyOf := func(key string) []byte {
+		return protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,
+			Extras: make([]byte, 24), Key: []byte(key), Value: []byte("v")})
+	}
+	// One batch, as a client connection queues it, kicked once.
+	var calls []*call
+	for _, r := range []struct {
+		key string
+		op  protocol.Opcode
+	}{
+		{"a", protocol.OpSetWithMeta}, {"refused", protocol.OpSetWithMeta}, {"b", protocol.OpDelWithMeta},
+		{"get", protocol.OpGet}, {"c", protocol.OpSetWithMeta},
+	} {
+		frame := copyOf(r.key)
+		if r.op == protocol.OpGet {
+			frame = protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpGet, Key: []byte(r.key)})
+		}
+		cl, pc := p.queue(addr, 0, frame, r.op, w)
+		if pc == nil {
+			t.Fatalf("queue: %v", cl.err)
+		}
+		calls = append(calls, cl)
+		if r.key == "c" {
+			pc.kick()
+		}
+	}
+	if !w.waitAll() {
+		t.Fatal("calls not complete after forwardTimeout")
+	}
+	for i, want := range []struct {
+		status protocol.Status
+		value  string
+	}{{protocol.StatusOK, ""}, {protocol.StatusNotMyVBucket, "Not my vbucket"}, {protocol.StatusOK, ""}, {protocol.StatusOK, "answer to get"}, {protocol.StatusOK, ""}} {
+		resp, err := w.wait(calls[i])
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		r, _, err := protocol.Parse(resp, protocol.MagicResponse, ^uint32(0))
+		if err != nil || r.Status() != want.status || string(r.Value) != want.value {
+			t.Errorf("call %d: status 0x%02x value %q (%v), want 0x%02x %q", i, r.Status(), r.Value, err, want.status, want.value)
+		}
+	}
+	p.close()
+	ops := <-received
+	want := []protocol.Opcode{protocol.OpSetQWithMeta, protocol.OpSetQWithMeta, protocol.OpDelQWithMeta,
+		protocol.OpGet, protocol.OpSetQWithMeta, protocol.OpNoop}
+	if len(ops) != len(want) {
+		t.Fatalf("peer received %v, want %v", ops, want)
+	}
+	for i := range want {
+		if ops[i] != want[i] {
+			t.Fatalf("peer received %v, want %v", ops, want)
+		}
+	}
+}
+
+// TestWaiter: a waiter wakes for the call it waits for while others are
+// pending, and waitAll returns once the last of them completes.
+func TestWaiter(t *testing.T) {
+	w := newWaiter()
+	a, b, c := newCall(w), newCall(w), newCall(w)
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		b.complete([]byte("b"), nil)
+	}()
+	if resp, err := w.wait(b); err != nil || string(resp) != "b" {
+		t.Fatalf("wait(b): %q, %v", resp, err)
+	}
+	if a.done.Load() || c.done.Load() {
+		t.Fatal("a or c done")
+	}
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		a.complete(nil, nil)
+		time.Sleep(10 * time.Millisecond)
+		c.complete(nil, errPeerClosed)
+	}()
+	if !w.waitAll() {
+		t.Fatal("waitAll timed out")
+	}
+	if !a.done.Load() || !c.done.Load() || w.pending.Load() != 0 {
+		t.Fatalf("waitAll returned with a done %v, c done %v, %d pending", a.done.Load(), c.done.Load(), w.pending.Load())
+	}
+	if _, err := w.wait(c); err != errPeerClosed {
+		t.Fatalf("wait(c): %v, want %v", err, errPeerClosed)
+	}
+}

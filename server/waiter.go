@@ -1,0 +1,85 @@
+package server
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// waiter is what a goroutine blocks on while it waits for its calls to
+// peers: a client connection's, or a backfill's. One waiter serves all of
+// its owner's calls, so a call costs no channel of its own.
+//
+// A completing call wakes the waiter only if the waiter is waiting for that
+// call, or for all of them and it was the last. So a batch whose copies are
+// acknowledged by two replicas, or in several reads, wakes its connection
+// once, when its output can go; every wake-up of a parked goroutine costs
+// the scheduler (and in a VM the kernel) several microseconds.
+type waiter struct {
+	ch      chan struct{}        // room for one signal
+	pending atomic.Int32         // calls made and not yet complete
+	on      atomic.Pointer[call] // the call waited for; allCalls: every call
+	timer   *time.Timer          // bounds one wait; stopped between waits
+}
+
+// allCalls is waiter.on while the waiter waits for every call.
+var allCalls = new(call)
+
+func newWaiter() *waiter {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &waiter{ch: make(chan struct{}, 1), timer: t}
+}
+
+// completed counts cl, one of w's calls, done, and wakes w if it waits for
+// it. cl.done is set before, so that a waiter that starts waiting for cl
+// afterwards does not block.
+func (w *waiter) completed(cl *call) {
+	left := w.pending.Add(-1)
+	if on := w.on.Load(); on == cl || on == allCalls && left == 0 {
+		select {
+		case w.ch <- struct{}{}:
+		default: // a signal is already pending
+		}
+	}
+}
+
+// wait returns a call's response, or an error if it failed or took longer
+// than forwardTimeout.
+func (w *waiter) wait(cl *call) ([]byte, error) {
+	if !cl.done.Load() {
+		w.on.Store(cl)
+		if !w.block(cl.done.Load) {
+			return nil, errForwardTimeout
+		}
+	}
+	return cl.resp, cl.err
+}
+
+// waitAll waits until every call made so far is complete, or for
+// forwardTimeout, and reports whether they all completed.
+func (w *waiter) waitAll() bool {
+	if w.pending.Load() == 0 {
+		return true
+	}
+	w.on.Store(allCalls)
+	return w.block(func() bool { return w.pending.Load() == 0 })
+}
+
+// block waits for signals until done reports true, for at most
+// forwardTimeout; w.on says what the signals are for.
+func (w *waiter) block(done func() bool) bool {
+	defer w.on.Store(nil)
+	if done() { // completed between the caller's check and w.on's store
+		return true
+	}
+	w.timer.Reset(forwardTimeout)
+	defer w.timer.Stop()
+	for !done() {
+		select {
+		case <-w.ch:
+		case <-w.timer.C:
+			return done()
+		}
+	}
+	return true
+}
