@@ -188,45 +188,31 @@ func TestMetricsCountRequests(t *testing.T) {
 // TestPeerLag: stream messages a peer has not acknowledged are the
 // replication lag towards it; forwarded requests are not.
 func TestPeerLag(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
 	// The peer answers HELLO, then holds every request until told to
-	// answer them.
+	// answer them; then it answers as a node does: nothing for a quiet
+	// copy, which the NOOP after it acknowledges.
 	answer := make(chan struct{})
-	go func() {
-		nc, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		br := bufio.NewReader(nc)
-		readReq := func() protocol.Header {
+	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
+		first := true
+		for {
 			hdr := make([]byte, protocol.HeaderLen)
 			if _, err := io.ReadFull(br, hdr); err != nil {
-				return protocol.Header{}
+				return // the test closed the connection
 			}
 			h := protocol.ParseHeader(hdr)
 			io.CopyN(io.Discard, br, int64(h.BodyLen))
-			return h
+			if !first {
+				<-answer
+			}
+			first = false
+			if !h.Opcode.IsQuiet() {
+				nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0))
+			}
 		}
-		ok := func(h protocol.Header) {
-			nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0))
-		}
-		ok(readReq()) // HELLO
-		held := []protocol.Header{readReq(), readReq(), readReq()}
-		<-answer
-		for _, h := range held {
-			ok(h)
-		}
-		readReq() // until the test closes the connection
-	}()
+	})
 
 	p := newPeers(nil, slog.New(slog.DiscardHandler))
 	defer p.close()
-	addr := l.Addr().String()
 	w := newWaiter()
 	get := frame(protocol.OpGet, "k", "", nil, 0, 0)
 	setMeta := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,

@@ -18,19 +18,8 @@ import (
 // request its response, and every other copy success once a later
 // response shows the peer has handled it.
 func TestQuietCopies(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
 	received := make(chan []protocol.Opcode, 1)
-	go func() {
-		nc, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		br := bufio.NewReader(nc)
+	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
 		var ops []protocol.Opcode
 		for {
 			hdr := make([]byte, protocol.HeaderLen)
@@ -55,10 +44,9 @@ func TestQuietCopies(t *testing.T) {
 				}))
 			}
 		}
-	}()
+	})
 
 	p := newPeers(nil, slog.New(slog.DiscardHandler))
-	addr := l.Addr().String()
 	w := newWaiter()
 	copyOf := func(key string) []byte {
 		return protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,
@@ -114,6 +102,27 @@ func TestQuietCopies(t *testing.T) {
 			t.Fatalf("peer received %v, want %v", ops, want)
 		}
 	}
+}
+
+// fakePeer listens on loopback, serves the first connection with serve in
+// a goroutine, and returns its address. The listener and the connection
+// close when the test ends or serve returns.
+func fakePeer(t *testing.T, serve func(nc net.Conn, br *bufio.Reader)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		serve(nc, bufio.NewReader(nc))
+	}()
+	return l.Addr().String()
 }
 
 // TestWaiter: a waiter wakes for the call it waits for while others are
