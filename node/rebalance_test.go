@@ -1,15 +1,18 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"vbcache/protocol"
+	"vbcache/store"
 	"vbcache/vbucket"
 )
 
@@ -497,5 +500,95 @@ func TestQuietCopiesRefusedAlone(t *testing.T) {
 		if _, _, ok := recv.Store().Get([]byte(key), nil); ok != want {
 			t.Errorf("%s held: %v, want %v", key, ok, want)
 		}
+	}
+}
+
+// TestBackfillWindow: a backfill queues at most a window of copies for
+// its peers before it waits for them to catch up, so a rebalance does not
+// hold a second copy of everything it moves in the sender's memory; and
+// everything still arrives.
+func TestBackfillWindow(t *testing.T) {
+	n, valueLen := 32000, 4096
+	big := Config{MemoryLimit: 512 << 20} // nothing evicted
+	nodes := []*testNode{startNodeWith(t, "node0", big)}
+	big.Seeds = []string{nodes[0].Cluster().GossipAddr()}
+	nodes = append(nodes, startNodeWith(t, "node1", big))
+	m := waitSettled(t, nodes, convergeTimeout)
+	sender := nodes[0]
+	self := m.IndexOf(sender.name)
+	// Items only the sender holds: written to its store directly, in the
+	// vbuckets it holds active, so the join backfills them from it alone.
+	value := bytes.Repeat([]byte("v"), valueLen)
+	var stored []string
+	for i := 0; i < n; i++ {
+		k := fmt.Sprintf("big-%d", i)
+		if m.Active(vbucket.VBucket([]byte(k), m.NumVBuckets())) != self {
+			continue
+		}
+		if _, err := sender.Store().Set(store.ModeSet, []byte(k), value, 0, 0, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, k)
+	}
+
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, l := range sender.srv.Progress().Peers {
+				if int64(l.Copies) > peak.Load() {
+					peak.Store(int64(l.Copies))
+				}
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	nodes = append(nodes, startNodeWith(t, "node2", big))
+	m2 := waitSettled(t, nodes, 60*time.Second)
+	close(stop)
+	<-sampled
+
+	// The window in copies of this size; one vbucket's items, which go
+	// under its lock in one piece before the window is looked at; and the
+	// DEL_VBUCKETs that start the streams, all sent first.
+	frame := 24 + 24 + len("big-00000") + valueLen
+	perVBucket := 4 * n / m.NumVBuckets()
+	bound := (4<<20)/frame + 1 + perVBucket + m.NumVBuckets()
+	t.Logf("%d items of %d bytes on the sender; peak copies queued to one peer %d, bound %d", len(stored), valueLen, peak.Load(), bound)
+	if peak.Load() == 0 {
+		t.Fatal("sampled no backfill at all")
+	}
+	if peak.Load() > int64(bound) {
+		t.Errorf("a peer had %d copies queued, more than the window allows (%d)", peak.Load(), bound)
+	}
+	// Every item reached the servers the join added to its vbucket's row
+	// (the others had their streams before the items were written).
+	byName := map[string]*testNode{}
+	for _, nd := range nodes {
+		byName[nd.name] = nd
+	}
+	checked := 0
+	for _, k := range stored {
+		vb := vbucket.VBucket([]byte(k), m2.NumVBuckets())
+		for _, i := range m2.VBuckets[vb] {
+			name := m2.Servers[i].Name
+			if slices.ContainsFunc(m.VBuckets[vb], func(j int) bool { return j >= 0 && m.Servers[j].Name == name }) {
+				continue
+			}
+			checked++
+			if v, _, ok := byName[name].Store().Get([]byte(k), nil); !ok || !bytes.Equal(v, value) {
+				t.Fatalf("%s missing on %s after the rebalance", k, name)
+			}
+		}
+	}
+	if checked < len(stored)/2 {
+		t.Fatalf("only %d copies to check for %d items: the join moved too little to test", checked, len(stored))
 	}
 }

@@ -8,8 +8,16 @@ import (
 	"vbcache/vbucket"
 )
 
-// backfillRetry is how soon an unfinished backfill is tried again.
-const backfillRetry = 200 * time.Millisecond
+const (
+	// backfillRetry is how soon an unfinished backfill is tried again.
+	backfillRetry = 200 * time.Millisecond
+	// backfillWindow bounds the backfill bytes queued for peers and not
+	// yet acknowledged: beyond it the backfill waits for the receivers to
+	// catch up. Copies wait in this node's memory until they are written,
+	// so without a bound a rebalance would hold a copy of everything it
+	// moves at once.
+	backfillWindow = 4 << 20
+)
 
 // run keeps the streams in step with the map until ctx ends: for each new
 // map it forgets streams the map no longer asks for, drops the copies of
@@ -152,7 +160,12 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 		}
 		mu.Unlock()
 	}
+	window := 0 // bytes queued since the receivers last caught up
 	for vb, streams := range todo {
+		if window >= backfillWindow {
+			w.waitAll()
+			window = 0
+		}
 		mu := &r.vbLocks[vb]
 		mu.Lock()
 		vbItems, vbBytes := 0, 0
@@ -168,6 +181,7 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 			}
 		}
 		mu.Unlock()
+		window += vbBytes * len(streams)
 		// Counted as each vbucket is queued, so progress shows during a
 		// long backfill.
 		items, bytes = items+vbItems, bytes+vbBytes

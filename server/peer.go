@@ -31,6 +31,9 @@ const (
 	peerAgent   = "vbcache-peer"
 	dialTimeout = 2 * time.Second
 	peerBufSize = 64 << 10
+	// peerKeepBuf is the largest output buffer a peer connection keeps
+	// between writes.
+	peerKeepBuf = 1 << 20
 	// peerAuthRetry is how long after a peer refused this node's
 	// credentials requests to it fail without a new dial.
 	peerAuthRetry = time.Second
@@ -353,6 +356,9 @@ func (pc *peerConn) run(auth *PeerAuth) {
 			pc.fail(fmt.Errorf("server: writing to peer %s: %w", pc.addr, err))
 			return
 		}
+		if cap(buf) > peerKeepBuf {
+			buf = nil // a backfill's burst: do not keep its buffer for good
+		}
 	}
 }
 
@@ -521,8 +527,12 @@ func (pc *peerConn) answered(frame []byte, done *[]*call, resps *[][]byte) error
 	}
 	pc.head += n + 1
 	if pc.head == len(pc.pending) {
-		// Empty: start over at the front, so appends reuse the array.
+		// Empty: start over at the front, so appends reuse the array,
+		// unless a burst made it large.
 		pc.pending, pc.head = pc.pending[:0], 0
+		if cap(pc.pending) > peerKeepBuf/8 {
+			pc.pending = nil
+		}
 	}
 	return nil
 }
