@@ -34,6 +34,12 @@ const (
 	// peerKeepBuf is the largest output buffer a peer connection keeps
 	// between writes.
 	peerKeepBuf = 1 << 20
+	// peerBacklog is how much output a peer connection holds unwritten
+	// before the requests queued on it are marked behind (see call):
+	// async replication then waits for their acknowledgements, so a
+	// replica that does not keep up slows writes down instead of growing
+	// this node's memory without bound.
+	peerBacklog = 4 << 20
 	// peerAuthRetry is how long after a peer refused this node's
 	// credentials requests to it fail without a new dial.
 	peerAuthRetry = time.Second
@@ -51,9 +57,13 @@ type PeerAuth struct {
 
 // call is one request sent to a peer, and its outcome once done.
 type call struct {
-	done   atomic.Bool
-	copy   bool          // a stream message (see isCopy); guarded by the peerConn's mu
-	quiet  bool          // sent quiet: only a failure is answered; guarded likewise
+	done  atomic.Bool
+	copy  bool // a stream message (see isCopy); guarded by the peerConn's mu
+	quiet bool // sent quiet: only a failure is answered; guarded likewise
+	// behind says that when it was queued its connection had more than
+	// peerBacklog bytes it could not write yet: the peer is not keeping
+	// up. Set by queue, for its caller.
+	behind bool
 	queued time.Duration // when it was queued, after its peerConn's start; if copy
 	w      *waiter       // nil: no one waits
 	resp   []byte        // the whole response frame; owned by the call
@@ -221,6 +231,7 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 		c.copy, c.queued = true, time.Since(pc.start)
 		pc.copies++
 	}
+	c.behind = len(pc.out) > peerBacklog
 	op = quietCopy(op)
 	c.quiet = op.IsQuiet()
 	pc.quietTail = c.quiet

@@ -156,3 +156,48 @@ func TestWaiter(t *testing.T) {
 		t.Fatalf("wait(c): %v, want %v", err, errPeerClosed)
 	}
 }
+
+// TestPeerBacklog: a peer that reads nothing lets this node's output to it
+// pile up; once more than peerBacklog is unwritten, the calls queued are
+// marked behind (so async replication waits for them), and not before.
+func TestPeerBacklog(t *testing.T) {
+	release := make(chan struct{})
+	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
+		hdr := make([]byte, protocol.HeaderLen)
+		io.ReadFull(br, hdr) // HELLO
+		nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, protocol.OpHello, 0, 0, 0, 0, 0, 0, 0))
+		<-release // then reads nothing
+	})
+	defer close(release)
+	p := newPeers(nil, slog.New(slog.DiscardHandler))
+	defer p.close()
+	copy64k := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,
+		Extras: make([]byte, 24), Key: []byte("k"), Value: make([]byte, 64<<10)})
+	// Socket buffers take some megabytes first; then the writer blocks and
+	// the output grows.
+	deadline := time.Now().Add(10 * time.Second)
+	for sent := 0; ; sent++ {
+		cl := p.send(addr, 0, copy64k, protocol.OpSetWithMeta, nil)
+		if cl.done.Load() {
+			t.Fatalf("call %d failed: %v", sent, cl.err)
+		}
+		pc, _ := p.conn(addr, 0)
+		pc.mu.Lock()
+		unwritten := len(pc.out)
+		pc.mu.Unlock()
+		if cl.behind {
+			// It was marked behind for what was unwritten before it.
+			if unwritten <= peerBacklog {
+				t.Fatalf("call %d marked behind with %d bytes unwritten", sent, unwritten)
+			}
+			return
+		}
+		if unwritten > peerBacklog+2*len(copy64k) {
+			t.Fatalf("%d bytes unwritten and call %d not marked behind", unwritten, sent)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no call marked behind after %d sent", sent)
+		}
+		time.Sleep(time.Millisecond) // let the writer take what it can
+	}
+}

@@ -32,9 +32,11 @@ import (
 //     themselves: then the sender's map is stale, and the client's request
 //     is routed again to the new owner rather than acknowledged.
 //   - Sync replication (the default) answers the client once every stream
-//     acknowledged the copy. A receiver that cannot be reached (it died)
-//     does not fail the write: the active holds it, the failure is counted,
-//     and the cluster will fail that node over and rebuild the copy.
+//     acknowledged the copy. Async replication answers at once, unless a
+//     receiver has fallen peerBacklog behind: then it waits as sync does.
+//     A receiver that cannot be reached (it died) does not fail the write:
+//     the active holds it, the failure is counted, and the cluster will
+//     fail that node over and rebuild the copy.
 //   - Once every stream of the current map is backfilled the node reports
 //     ready for that map's rev, which is what the coordinator waits for
 //     before it hands vbuckets to their new owners.
@@ -101,7 +103,7 @@ func (c *conn) replicate(req *protocol.Request, rt *routes, vb uint16) {
 			addr := rt.m.Servers[t].KV
 			r.start(vb, rt.m.Servers[t].Name, addr)
 			cl := c.send(addr, uint64(vb), c.scratch, op)
-			if r.sync {
+			if r.sync || cl.behind {
 				c.calls = append(c.calls, cl)
 			}
 		}

@@ -126,7 +126,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.http, "http", "", "HTTP `host:port` for the dashboard at /, /metrics (Prometheus), /cluster, /healthz, the /pools endpoints go-couchbase reads and Go's profiler under /debug/pprof/ (default: none; bind it to a private address)")
 	fs.IntVar(&o.vbuckets, "vbuckets", 1024, "number of vbuckets, a power of two, fixed for the life of a cluster; a node with another count is refused")
 	fs.IntVar(&o.replicas, "replicas", 1, "replica copies of each vbucket, 0 to 3 (cluster mode)")
-	fs.StringVar(&o.replication, "replication", "sync", "`mode`: sync acknowledges a write once its replicas have it; async acknowledges first")
+	fs.StringVar(&o.replication, "replication", "sync", "`mode`: sync acknowledges a write once its replicas have it; async acknowledges first, unless a replica is 4 MiB behind")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env := envName(f.Name); env != "" {
 			f.Usage += envUsage(env)
