@@ -224,8 +224,27 @@ func TestGracefulLeaveKeepsWrites(t *testing.T) {
 	if err := nodes[2].Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
+	left := nodes[2].KVAddr()
 	nodes = nodes[:2]
 	waitSettled(t, nodes, convergeTimeout)
+	// The others forget their connections to it: no lag series for a
+	// node that is gone.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		still := ""
+		for _, nd := range nodes {
+			for _, l := range nd.srv.Progress().Peers {
+				if l.Peer == left {
+					still = nd.name
+				}
+			}
+		}
+		if still == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still has a connection to %s, which left", still, left)
+		}
+	}
 	time.Sleep(200 * time.Millisecond)
 	close(stop)
 	if got := readKeys(t, nodes[1].KVAddr(), "key", 5000); len(got) != 5000 {

@@ -47,6 +47,7 @@ const (
 
 var (
 	errPeerClosed = errors.New("server: peer connection closed")
+	errPeerGone   = errors.New("server: peer left the cluster map")
 	errPeerAuth   = errors.New("server: peer refused this node's credentials")
 )
 
@@ -156,6 +157,25 @@ func (p *peers) conn(addr string, i int) (*peerConn, error) {
 	}
 	p.mu.Unlock()
 	return pc, nil
+}
+
+// retain closes and forgets the connections to every peer not in keep:
+// nodes that left the map. Their pending calls fail, and they no longer
+// show in lag.
+func (p *peers) retain(keep map[string]bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for addr, slots := range p.conns {
+		if keep[addr] {
+			continue
+		}
+		for _, pc := range slots {
+			if pc != nil {
+				pc.fail(errPeerGone)
+			}
+		}
+		delete(p.conns, addr)
+	}
 }
 
 // close closes every peer connection, failing pending calls, and waits for

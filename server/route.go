@@ -66,6 +66,15 @@ func (r *routes) vbState(vb uint16) uint32 {
 	return dead
 }
 
+// kvAddrs returns the memcached addresses of the map's servers.
+func (r *routes) kvAddrs() map[string]bool {
+	addrs := make(map[string]bool, len(r.m.Servers))
+	for _, s := range r.m.Servers {
+		addrs[s.KV] = true
+	}
+	return addrs
+}
+
 // router caches the routes of the cluster's current map, or in single-node
 // mode the one-node map.
 type router struct {
