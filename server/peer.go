@@ -478,6 +478,15 @@ func (pc *peerConn) lag() (copies int, oldest time.Duration) {
 func (pc *peerConn) readLoop(br *bufio.Reader) {
 	var done []*call
 	var resps [][]byte
+	// complete completes the calls taken off pending so far; it runs
+	// before any failure, which completes only those still pending.
+	complete := func() {
+		for i, c := range done {
+			c.complete(resps[i], nil)
+			done[i], resps[i] = nil, nil
+		}
+		done, resps = done[:0], resps[:0]
+	}
 	for {
 		frame, err := readFrame(br)
 		if err != nil {
@@ -487,34 +496,32 @@ func (pc *peerConn) readLoop(br *bufio.Reader) {
 		// Take this response and every other one already read whole, under
 		// one lock; complete their calls after.
 		pc.mu.Lock()
-		for {
-			if respStatus(frame) == protocol.StatusAuthError {
+		for err == nil {
+			switch {
+			case respStatus(frame) == protocol.StatusAuthError:
 				// Only a node that requires authentication, from a node
 				// that did not authenticate, answers this.
-				pc.mu.Unlock()
-				pc.refused(fmt.Errorf("%w: %s requires authentication and this node has no peer credentials", errPeerAuth, pc.addr))
-				return
+				err = fmt.Errorf("%w: %s requires authentication and this node has no peer credentials", errPeerAuth, pc.addr)
+			default:
+				err = pc.answered(frame, &done, &resps)
 			}
-			if err := pc.answered(frame, &done, &resps); err != nil {
-				pc.mu.Unlock()
-				pc.fail(err)
-				return
-			}
-			if !frameBuffered(br) {
+			if err != nil || !frameBuffered(br) {
 				break
 			}
 			if frame, err = readFrame(br); err != nil { // bad magic
-				pc.mu.Unlock()
-				pc.fail(fmt.Errorf("server: reading from peer %s: %w", pc.addr, err))
-				return
+				err = fmt.Errorf("server: reading from peer %s: %w", pc.addr, err)
 			}
 		}
 		pc.mu.Unlock()
-		for i, c := range done {
-			c.complete(resps[i], nil)
-			done[i], resps[i] = nil, nil
+		complete()
+		switch {
+		case errors.Is(err, errPeerAuth):
+			pc.refused(err)
+			return
+		case err != nil:
+			pc.fail(err)
+			return
 		}
-		done, resps = done[:0], resps[:0]
 	}
 }
 
@@ -539,14 +546,16 @@ func (pc *peerConn) answered(frame []byte, done *[]*call, resps *[][]byte) error
 	}
 	for i := range n + 1 {
 		c := pc.pending[pc.head+i]
-		pc.pending[pc.head+i] = nil
 		resp := frame
 		if i < n {
 			if c == nil || !c.quiet {
+				// Left pending, with the rest: the failure completes them.
+				pc.head += i
 				return fmt.Errorf("server: peer %s did not answer a request", pc.addr)
 			}
 			resp = quietOK
 		}
+		pc.pending[pc.head+i] = nil
 		if c == nil {
 			continue // endQuiet's NOOP
 		}

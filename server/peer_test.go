@@ -201,3 +201,54 @@ func TestPeerBacklog(t *testing.T) {
 		time.Sleep(time.Millisecond) // let the writer take what it can
 	}
 }
+
+// TestPeerSkipsAnswer: a peer whose response skips a loud request breaks
+// the protocol. The connection fails at once: the quiet copy before the
+// skipped request succeeded, and every call after it gets the error
+// rather than waiting out its timeout.
+func TestPeerSkipsAnswer(t *testing.T) {
+	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
+		for {
+			hdr := make([]byte, protocol.HeaderLen)
+			if _, err := io.ReadFull(br, hdr); err != nil {
+				return
+			}
+			h := protocol.ParseHeader(hdr)
+			io.CopyN(io.Discard, br, int64(h.BodyLen))
+			if h.Opcode == protocol.OpHello || h.Opcode == protocol.OpNoop {
+				nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0))
+			}
+		}
+	})
+	p := newPeers(nil, slog.New(slog.DiscardHandler))
+	defer p.close()
+	w := newWaiter()
+	setMeta := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,
+		Extras: make([]byte, 24), Key: []byte("k"), Value: []byte("v")})
+	get := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpGet, Key: []byte("k")})
+	var calls []*call
+	for _, r := range []struct {
+		frame []byte
+		op    protocol.Opcode
+	}{{setMeta, protocol.OpSetWithMeta}, {get, protocol.OpGet}, {setMeta, protocol.OpSetWithMeta}} {
+		cl, pc := p.queue(addr, 0, r.frame, r.op, w)
+		if pc == nil {
+			t.Fatalf("queue: %v", cl.err)
+		}
+		calls = append(calls, cl)
+	}
+	pc, _ := p.conn(addr, 0)
+	start := time.Now()
+	pc.kick()
+	if !w.waitAll() || time.Since(start) > forwardTimeout/2 {
+		t.Fatalf("calls complete after %v", time.Since(start))
+	}
+	if resp, err := w.wait(calls[0]); err != nil || respStatus(resp) != protocol.StatusOK {
+		t.Errorf("the copy before the skipped request: %v", err)
+	}
+	for _, cl := range calls[1:] {
+		if _, err := w.wait(cl); err == nil {
+			t.Error("a call from the skipped request on succeeded")
+		}
+	}
+}
