@@ -116,7 +116,7 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 	r.mu.Lock()
 	for k := range r.started {
 		if _, ok := want[k]; !ok {
-			delete(r.started, k)
+			r.forget(k)
 			delete(r.backfilled, k)
 		}
 	}
@@ -209,7 +209,7 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 				r.backfilled[k] = true
 			} else {
 				// Start again with a reset next time.
-				delete(r.started, k)
+				r.forget(k)
 				done = false
 			}
 			r.mu.Unlock()

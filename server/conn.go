@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"vbcache/protocol"
+	"vbcache/store"
 )
 
 const (
@@ -54,6 +55,10 @@ type conn struct {
 	kicks []*peerConn
 	// scratch builds the stream messages of a local write (replicate).
 	scratch []byte
+	// stored is the meta of the item the last SET, ADD or REPLACE stored
+	// with the request's value; a zero CAS if the last write was another.
+	// replicate builds the copy from it (see copyOfSet).
+	stored store.Meta
 	// held and calls hold the slots' request copies, local responses and
 	// replica calls until the batch is flushed (see hold).
 	held  []byte

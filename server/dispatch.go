@@ -321,7 +321,8 @@ func (c *conn) update(req *protocol.Request, mode store.Mode) {
 		flags = binary.BigEndian.Uint32(req.Extras[0:4])
 		exp = binary.BigEndian.Uint32(req.Extras[4:8])
 	}
-	cas, err := c.srv.cfg.Store.Set(mode, req.Key, req.Value, flags, req.DataType, c.expiry(exp), req.CAS)
+	at := c.expiry(exp)
+	cas, err := c.srv.cfg.Store.Set(mode, req.Key, req.Value, flags, req.DataType, at, req.CAS)
 	if req.CAS != 0 {
 		c.countCAS(err)
 	}
@@ -333,6 +334,9 @@ func (c *conn) update(req *protocol.Request, mode store.Mode) {
 		}
 		c.fail(req, statusOf(err))
 		return
+	}
+	if mode <= store.ModeReplace { // the item is the request's value
+		c.stored = store.Meta{Flags: flags, Exp: at, DataType: req.DataType, CAS: cas}
 	}
 	c.ok(req, cas)
 }

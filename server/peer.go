@@ -65,7 +65,7 @@ type call struct {
 	// peerBacklog bytes it could not write yet: the peer is not keeping
 	// up. Set by queue, for its caller.
 	behind bool
-	queued time.Duration // when it was queued, after its peerConn's start; if copy
+	queued time.Duration // when its write began to fill, after its peerConn's start; if copy
 	w      *waiter       // nil: no one waits
 	resp   []byte        // the whole response frame; owned by the call
 	err    error
@@ -215,9 +215,13 @@ type peerConn struct {
 	head      int
 	copies    int // the stream messages among pending[head:]
 	opaque    uint32
-	quietTail bool      // the last request in out is quiet (see endQuiet)
-	err       error     // set once; the connection is then dead
-	errAt     time.Time // when err was set
+	quietTail bool // the last request in out is quiet (see endQuiet)
+	// outAt is when the first copy in out was queued, after start, if
+	// outStamped; every copy in out counts as queued then (see lag).
+	outAt      time.Duration
+	outStamped bool
+	err        error     // set once; the connection is then dead
+	errAt      time.Time // when err was set
 }
 
 func (pc *peerConn) failed() bool { return pc.dead.Load() }
@@ -248,7 +252,10 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 		return
 	}
 	if isCopy(op) {
-		c.copy, c.queued = true, time.Since(pc.start)
+		if !pc.outStamped { // one clock read per write, not per copy
+			pc.outAt, pc.outStamped = time.Since(pc.start), true
+		}
+		c.copy, c.queued = true, pc.outAt
 		pc.copies++
 	}
 	c.behind = len(pc.out) > peerBacklog
@@ -379,6 +386,7 @@ func (pc *peerConn) run(auth *PeerAuth) {
 		}
 		pc.endQuiet()
 		buf, pc.out = pc.out, buf[:0]
+		pc.outStamped = false
 		pc.mu.Unlock()
 		if len(buf) == 0 {
 			continue

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"vbcache/protocol"
+	"vbcache/store"
 )
 
 // TestQuietCopies: copies go to a peer as quiet requests followed by a
@@ -251,4 +253,85 @@ func TestPeerSkipsAnswer(t *testing.T) {
 			t.Error("a call from the skipped request on succeeded")
 		}
 	}
+}
+
+// TestSetCopyMatchesStored: the copy replicate builds from a SET's request
+// and meta is, byte for byte, the one read back from the store would be.
+func TestSetCopyMatchesStored(t *testing.T) {
+	st, err := store.New(store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r := &replicator{srv: &Server{cfg: Config{Store: st}}}
+	key, value := []byte("some-key"), []byte("some value")
+	cas, err := st.Set(store.ModeSet, key, value, 0xdeadbeef, protocol.DataTypeJSON, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := store.Meta{Flags: 0xdeadbeef, DataType: protocol.DataTypeJSON, CAS: cas}
+	fromReq := appendSetCopy([]byte("prefix"), key, value, m, 77)
+	fromStore := r.appendCopy([]byte("prefix"), key, 77)
+	if !bytes.Equal(fromReq, fromStore) {
+		t.Fatalf("copy from the request\n%x\nfrom the store\n%x", fromReq, fromStore)
+	}
+	req, _, err := protocol.Parse(fromReq[len("prefix"):], protocol.MagicRequest, ^uint32(0))
+	if err != nil || req.Opcode != protocol.OpSetWithMeta || req.VBucket != 77 || string(req.Key) != string(key) || string(req.Value) != string(value) {
+		t.Fatalf("copy %+v, %v", req, err)
+	}
+}
+
+// TestStreamRestartsAfterForget: a stream starts (with DEL_VBUCKET) once,
+// however many writes it carries, and again once forgotten.
+func TestStreamRestartsAfterForget(t *testing.T) {
+	resets := make(chan uint16, 8)
+	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
+		for {
+			hdr := make([]byte, protocol.HeaderLen)
+			if _, err := io.ReadFull(br, hdr); err != nil {
+				return
+			}
+			h := protocol.ParseHeader(hdr)
+			io.CopyN(io.Discard, br, int64(h.BodyLen))
+			if h.Opcode == protocol.OpDelVBucket {
+				resets <- h.VBucket
+			}
+			nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0))
+		}
+	})
+	p := newPeers(nil, slog.New(slog.DiscardHandler))
+	defer p.close()
+	r := newReplicator(&Server{peers: p}, 8, true)
+	started := func(vb uint16, name string) {
+		r.vbLocks[vb].Lock()
+		r.start(vb, name, addr)
+		r.vbLocks[vb].Unlock()
+	}
+	expect := func(want int) {
+		t.Helper()
+		for range want {
+			select {
+			case <-resets:
+			case <-time.After(5 * time.Second):
+				t.Fatal("no DEL_VBUCKET")
+			}
+		}
+		select {
+		case vb := <-resets:
+			t.Fatalf("an extra DEL_VBUCKET for vbucket %d", vb)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	started(3, "a")
+	started(3, "a")
+	started(3, "b") // another receiver of the same vbucket
+	started(3, "a")
+	expect(2)
+	r.mu.Lock()
+	r.forget(streamKey{3, "a"})
+	r.mu.Unlock()
+	started(3, "b")
+	started(3, "a")
+	started(3, "a")
+	expect(1)
 }

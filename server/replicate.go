@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"vbcache/protocol"
 	"vbcache/store"
@@ -62,14 +63,30 @@ type replicator struct {
 	started    map[streamKey]bool
 	backfilled map[streamKey]bool
 	kick       chan struct{}
+
+	// vbStarted[vb] caches the names of started streams of vb, so that a
+	// write need not take mu to find its streams started; guarded by
+	// vbLocks[vb]. It is valid while vbStartedGen[vb] equals gen, which
+	// every deletion from started bumps.
+	vbStarted    [][]string
+	vbStartedGen []uint64
+	gen          atomic.Uint64
 }
 
 func newReplicator(s *Server, n int, syncRepl bool) *replicator {
 	return &replicator{
 		srv: s, sync: syncRepl, vbLocks: make([]sync.Mutex, n),
 		started: make(map[streamKey]bool), backfilled: make(map[streamKey]bool),
-		kick: make(chan struct{}, 1),
+		kick:      make(chan struct{}, 1),
+		vbStarted: make([][]string, n), vbStartedGen: make([]uint64, n),
 	}
+}
+
+// forget deletes k from started, so that the stream starts again with a
+// reset. r.mu is held.
+func (r *replicator) forget(k streamKey) {
+	delete(r.started, k)
+	r.gen.Add(1)
 }
 
 // mutates reports whether op changes an item, so that its vbucket's
@@ -95,9 +112,15 @@ func (c *conn) replicate(req *protocol.Request, rt *routes, vb uint16) {
 	first := len(c.calls)
 	mu := &r.vbLocks[vb]
 	mu.Lock()
+	c.stored.CAS = 0
 	c.execute(req)
 	if succeeded(c.wbuf[start:]) {
-		c.scratch = r.appendCopy(c.scratch[:0], req.Key, vb)
+		if c.stored.CAS != 0 && c.stored.Exp == 0 {
+			// The item is the request's: no need to read it back.
+			c.scratch = appendSetCopy(c.scratch[:0], req.Key, req.Value, c.stored, vb)
+		} else {
+			c.scratch = r.appendCopy(c.scratch[:0], req.Key, vb)
+		}
 		op := protocol.Opcode(c.scratch[1])
 		for _, t := range rt.targets[vb] {
 			addr := rt.m.Servers[t].KV
@@ -146,42 +169,69 @@ func (c *conn) hold(b []byte) []byte {
 	return c.held[at:len(c.held):len(c.held)]
 }
 
+// copyExtrasLen is the extras of a copy: flags, expiration, seqno (unused),
+// CAS.
+const copyExtrasLen = 24
+
 // appendCopy appends to dst the stream message that brings a receiver's
 // copy of key up to this node's: SET_WITH_META with the item, or
 // DEL_WITH_META if it is gone. The caller holds the vbucket's lock.
 func (r *replicator) appendCopy(dst, key []byte, vb uint16) []byte {
 	st := r.srv.cfg.Store
-	// The frame is header, extras (flags, expiration, seqno (unused),
-	// CAS), key, value; the value goes in place, then the rest around it.
-	const extrasLen = 24
+	// The frame is header, extras, key, value; the value goes in place,
+	// then the rest around it.
 	at := len(dst)
-	body := at + protocol.HeaderLen + extrasLen + len(key)
+	body := at + protocol.HeaderLen + copyExtrasLen + len(key)
 	dst = slices.Grow(dst, body-at)[:body]
 	dst, m, ok := st.GetWithMeta(key, dst)
-	extras := dst[at+protocol.HeaderLen : at+protocol.HeaderLen+extrasLen]
-	clear(extras)
 	op := protocol.OpSetWithMeta
-	if ok {
+	if !ok {
+		op, m = protocol.OpDelWithMeta, store.Meta{CAS: st.NextCAS()}
+	}
+	putCopyHeader(dst[at:], op, key, m, vb)
+	return dst
+}
+
+// appendSetCopy appends to dst the SET_WITH_META of key = value with meta
+// m: the item a SET, ADD or REPLACE just stored.
+func appendSetCopy(dst, key, value []byte, m store.Meta, vb uint16) []byte {
+	at := len(dst)
+	n := protocol.HeaderLen + copyExtrasLen + len(key) + len(value)
+	dst = slices.Grow(dst, n)[:at+n]
+	copy(dst[at+protocol.HeaderLen+copyExtrasLen+len(key):], value)
+	putCopyHeader(dst[at:], protocol.OpSetWithMeta, key, m, vb)
+	return dst
+}
+
+// putCopyHeader fills in the header, extras and key of the copy frame f,
+// whose value is in place.
+func putCopyHeader(f []byte, op protocol.Opcode, key []byte, m store.Meta, vb uint16) {
+	extras := f[protocol.HeaderLen : protocol.HeaderLen+copyExtrasLen]
+	clear(extras)
+	if op == protocol.OpSetWithMeta {
 		binary.BigEndian.PutUint32(extras[0:4], m.Flags)
 		binary.BigEndian.PutUint32(extras[4:8], uint32(m.Exp))
-		binary.BigEndian.PutUint64(extras[16:24], m.CAS)
-	} else {
-		op = protocol.OpDelWithMeta
-		binary.BigEndian.PutUint64(extras[16:24], st.NextCAS())
 	}
-	copy(dst[at+protocol.HeaderLen+extrasLen:], key)
-	protocol.AppendHeader(dst[at:at], protocol.MagicRequest, op, len(key), extrasLen,
-		m.DataType, vb, len(dst)-at-protocol.HeaderLen, 0, 0)
-	return dst
+	binary.BigEndian.PutUint64(extras[16:24], m.CAS)
+	copy(f[protocol.HeaderLen+copyExtrasLen:], key)
+	protocol.AppendHeader(f[:0], protocol.MagicRequest, op, len(key), copyExtrasLen,
+		m.DataType, vb, len(f)-protocol.HeaderLen, 0, 0)
 }
 
 // start begins the stream of vb to the named server, if it has not begun:
 // it sends DEL_VBUCKET, so the receiver's copy starts empty, and schedules
 // the backfill. The caller holds the vbucket's lock.
 func (r *replicator) start(vb uint16, name, addr string) {
+	if r.vbStartedGen[vb] == r.gen.Load() && slices.Contains(r.vbStarted[vb], name) {
+		return
+	}
 	k := streamKey{vb, name}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if gen := r.gen.Load(); r.vbStartedGen[vb] != gen {
+		r.vbStarted[vb], r.vbStartedGen[vb] = r.vbStarted[vb][:0], gen
+	}
+	r.vbStarted[vb] = append(r.vbStarted[vb], name)
 	if r.started[k] {
 		return
 	}
