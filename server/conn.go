@@ -68,8 +68,11 @@ type conn struct {
 	drops  []bool
 	ndrops int
 	// peerWait is what the connection waits on for its calls to peers; nil
-	// until it makes one.
+	// until it makes one. slab[:slabUsed] are the calls send made since
+	// the slab was last reused (see newCall).
 	peerWait *waiter
+	slab     []call
+	slabUsed int
 
 	// lio is set while an event loop serves the connection (loop_linux.go).
 	lio *loopIO
@@ -224,17 +227,47 @@ func (c *conn) handleFrames() (quit bool) {
 func (c *conn) send(addr string, lane uint64, frame []byte, op protocol.Opcode) *call {
 	// Most of a batch's requests go on connections it already used: find
 	// them without the pool's lock and map.
+	cl := c.newCall()
 	for _, pc := range c.kicks {
 		if pc.addr == addr && pc.slot == int(lane%peerConns) && !pc.failed() {
-			cl := newCall(c.waiter())
 			pc.queue(cl, frame, op)
 			return cl
 		}
 	}
-	cl, pc := c.srv.peers.queue(addr, lane, frame, op, c.waiter())
+	pc := c.srv.peers.queueCall(addr, lane, cl, frame, op)
 	if pc != nil && !slices.Contains(c.kicks, pc) {
 		c.kicks = append(c.kicks, pc)
 	}
+	return cl
+}
+
+// maxSlab bounds the calls of one slab, so that one a slow peer keeps
+// alive is small.
+const maxSlab = 256
+
+// recycleCalls lets newCall reuse the slab from the start once every call
+// the connection made is complete: then no peer connection refers to any.
+// Calls of async replication are not waited for; until they complete the
+// slab fills on, and then newCall starts another.
+func (c *conn) recycleCalls() {
+	if c.slabUsed > 0 && c.peerWait.pending.Load() == 0 {
+		c.slabUsed = 0
+	}
+}
+
+// newCall returns a pending call of the connection's waiter, from slab:
+// a batch's calls cost no allocation each. assemble reuses the slab once
+// every call in it is complete, when no peer connection refers to them.
+func (c *conn) newCall() *call {
+	w := c.waiter()
+	if c.slabUsed == len(c.slab) {
+		// The calls of the full slab may still be pending: a new one.
+		c.slab, c.slabUsed = make([]call, min(max(16, 2*len(c.slab)), maxSlab)), 0
+	}
+	cl := &c.slab[c.slabUsed]
+	c.slabUsed++
+	*cl = call{w: w}
+	w.pending.Add(1)
 	return cl
 }
 
@@ -308,6 +341,7 @@ func (c *conn) makeRoom() {
 func (c *conn) flush() error {
 	c.kickPeers()
 	c.assemble()
+	c.recycleCalls()
 	if len(c.wbuf) == 0 {
 		c.endBatch() // quiet requests that answered nothing
 		return nil

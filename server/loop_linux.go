@@ -393,6 +393,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 			return
 		}
 		c.kickPeers() // copies of async replication owe no response
+		c.recycleCalls()
 		done, err := c.writeNow()
 		switch {
 		case err != nil:

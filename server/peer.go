@@ -123,13 +123,18 @@ func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode,
 // connection once.
 func (p *peers) queue(addr string, lane uint64, frame []byte, op protocol.Opcode, w *waiter) (*call, *peerConn) {
 	c := newCall(w)
+	return c, p.queueCall(addr, lane, c, frame, op)
+}
+
+// queueCall is queue for a call the caller made.
+func (p *peers) queueCall(addr string, lane uint64, c *call, frame []byte, op protocol.Opcode) *peerConn {
 	pc, err := p.conn(addr, int(lane%peerConns))
 	if err != nil {
 		c.complete(nil, err)
-		return c, nil
+		return nil
 	}
 	pc.queue(c, frame, op)
-	return c, pc
+	return pc
 }
 
 // conn returns a live connection to addr in slot i, dialling a new one if

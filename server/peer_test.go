@@ -335,3 +335,39 @@ func TestStreamRestartsAfterForget(t *testing.T) {
 	started(3, "a")
 	expect(1)
 }
+
+// TestCallSlab: a connection's calls come from a slab that is reused only
+// once every call it made is complete; while one is pending (a timed-out
+// call a peer may still answer) new calls come from elsewhere.
+func TestCallSlab(t *testing.T) {
+	c := &conn{}
+	a, b := c.newCall(), c.newCall()
+	a.complete(nil, nil)
+	c.recycleCalls()
+	if d := c.newCall(); d == a || d == b {
+		t.Fatal("a call reused while another is pending")
+	} else {
+		d.complete(nil, nil)
+	}
+	b.complete(nil, nil)
+	c.recycleCalls()
+	if d := c.newCall(); d != a {
+		t.Fatal("the slab is not reused once every call is complete")
+	} else if d.done.Load() || d.resp != nil || c.peerWait.pending.Load() != 1 {
+		t.Fatalf("a reused call is not fresh: done %v, %d pending", d.done.Load(), c.peerWait.pending.Load())
+	}
+	// Calls never waited for (async copies) fill slab after slab, each of
+	// at most maxSlab calls, all distinct.
+	seen := map[*call]bool{}
+	for range 3 * maxSlab {
+		cl := c.newCall()
+		if seen[cl] {
+			t.Fatal("a pending call handed out twice")
+		}
+		seen[cl] = true
+		c.recycleCalls()
+	}
+	if len(c.slab) > maxSlab {
+		t.Fatalf("slab of %d calls, more than %d", len(c.slab), maxSlab)
+	}
+}
