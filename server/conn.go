@@ -225,9 +225,9 @@ func (c *conn) handleFrames() (quit bool) {
 // the batch is flushed, in one write with the batch's other requests for
 // the same peer connection.
 func (c *conn) send(addr string, lane uint64, frame []byte, op protocol.Opcode) *call {
+	cl := c.newCall()
 	// Most of a batch's requests go on connections it already used: find
 	// them without the pool's lock and map.
-	cl := c.newCall()
 	for _, pc := range c.kicks {
 		if pc.addr == addr && pc.slot == int(lane%peerConns) && !pc.failed() {
 			pc.queue(cl, frame, op)
@@ -256,8 +256,8 @@ func (c *conn) recycleCalls() {
 }
 
 // newCall returns a pending call of the connection's waiter, from slab:
-// a batch's calls cost no allocation each. assemble reuses the slab once
-// every call in it is complete, when no peer connection refers to them.
+// a batch's calls cost no allocation each. recycleCalls, after each batch,
+// starts the slab over once every call in it is complete.
 func (c *conn) newCall() *call {
 	w := c.waiter()
 	if c.slabUsed == len(c.slab) {
