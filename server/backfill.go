@@ -36,8 +36,8 @@ func (r *replicator) run(ctx context.Context, cl Cluster) {
 		}
 		if prev != nil && prev.m != rt.m {
 			r.dropLeft(prev, rt)
+			r.srv.peers.retain(rt.kvAddrs())
 		}
-		r.srv.peers.retain(rt.kvAddrs())
 		prev = rt
 		if r.backfill(ctx, rt) {
 			doneRev = rt.m.Rev

@@ -1,11 +1,8 @@
 package server
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"slices"
 	"testing"
 	"time"
@@ -192,23 +189,14 @@ func TestPeerLag(t *testing.T) {
 	// answer them; then it answers as a node does: nothing for a quiet
 	// copy, which the NOOP after it acknowledges.
 	answer := make(chan struct{})
-	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
-		first := true
-		for {
-			hdr := make([]byte, protocol.HeaderLen)
-			if _, err := io.ReadFull(br, hdr); err != nil {
-				return // the test closed the connection
-			}
-			h := protocol.ParseHeader(hdr)
-			io.CopyN(io.Discard, br, int64(h.BodyLen))
-			if !first {
-				<-answer
-			}
-			first = false
-			if !h.Opcode.IsQuiet() {
-				nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0))
-			}
+	addr := fakePeer(t, func(h protocol.Header, _ []byte) []byte {
+		if h.Opcode != protocol.OpHello {
+			<-answer
 		}
+		if h.Opcode.IsQuiet() {
+			return nil
+		}
+		return okResponse(h)
 	})
 
 	p := newPeers(nil, slog.New(slog.DiscardHandler))

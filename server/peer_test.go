@@ -20,32 +20,21 @@ import (
 // request its response, and every other copy success once a later
 // response shows the peer has handled it.
 func TestQuietCopies(t *testing.T) {
-	received := make(chan []protocol.Opcode, 1)
-	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
-		var ops []protocol.Opcode
-		for {
-			hdr := make([]byte, protocol.HeaderLen)
-			if _, err := io.ReadFull(br, hdr); err != nil {
-				received <- ops
-				return
-			}
-			h := protocol.ParseHeader(hdr)
-			body := make([]byte, h.BodyLen)
-			io.ReadFull(br, body)
-			if h.Opcode != protocol.OpHello {
-				ops = append(ops, h.Opcode)
-			}
-			key := string(body[h.ExtrasLen : int(h.ExtrasLen)+int(h.KeyLen)])
-			switch {
-			case key == "refused":
-				nc.Write(protocol.AppendError(nil, h.Opcode, protocol.StatusNotMyVBucket, h.Opaque))
-			case h.Opcode.IsQuiet():
-			default:
-				nc.Write(protocol.AppendFrame(nil, &protocol.Frame{
-					Magic: protocol.MagicResponse, Opcode: h.Opcode, Opaque: h.Opaque, Value: []byte("answer to " + key),
-				}))
-			}
+	received := make(chan protocol.Opcode, 16)
+	addr := fakePeer(t, func(h protocol.Header, body []byte) []byte {
+		if h.Opcode != protocol.OpHello {
+			received <- h.Opcode
 		}
+		key := string(body[h.ExtrasLen : int(h.ExtrasLen)+int(h.KeyLen)])
+		switch {
+		case key == "refused":
+			return protocol.AppendError(nil, h.Opcode, protocol.StatusNotMyVBucket, h.Opaque)
+		case h.Opcode.IsQuiet():
+			return nil
+		}
+		return protocol.AppendFrame(nil, &protocol.Frame{
+			Magic: protocol.MagicResponse, Opcode: h.Opcode, Opaque: h.Opaque, Value: []byte("answer to " + key),
+		})
 	})
 
 	p := newPeers(nil, slog.New(slog.DiscardHandler))
@@ -93,7 +82,15 @@ func TestQuietCopies(t *testing.T) {
 		}
 	}
 	p.close()
-	ops := <-received
+	var ops []protocol.Opcode
+	for len(ops) < 6 {
+		select {
+		case op := <-received:
+			ops = append(ops, op)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("peer received only %v", ops)
+		}
+	}
 	want := []protocol.Opcode{protocol.OpSetQWithMeta, protocol.OpSetQWithMeta, protocol.OpDelQWithMeta,
 		protocol.OpGet, protocol.OpSetQWithMeta, protocol.OpNoop}
 	if len(ops) != len(want) {
@@ -106,10 +103,11 @@ func TestQuietCopies(t *testing.T) {
 	}
 }
 
-// fakePeer listens on loopback, serves the first connection with serve in
-// a goroutine, and returns its address. The listener and the connection
-// close when the test ends or serve returns.
-func fakePeer(t *testing.T, serve func(nc net.Conn, br *bufio.Reader)) string {
+// fakePeer listens on loopback and serves the first connection as a peer
+// node would be served by: it reads each request and writes what answer
+// returns for it, if anything. answer may block, and then the peer reads
+// no further. The listener and the connection close when the test ends.
+func fakePeer(t *testing.T, answer func(h protocol.Header, body []byte) []byte) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -122,9 +120,28 @@ func fakePeer(t *testing.T, serve func(nc net.Conn, br *bufio.Reader)) string {
 			return
 		}
 		defer nc.Close()
-		serve(nc, bufio.NewReader(nc))
+		br := bufio.NewReader(nc)
+		for {
+			hdr := make([]byte, protocol.HeaderLen)
+			if _, err := io.ReadFull(br, hdr); err != nil {
+				return
+			}
+			h := protocol.ParseHeader(hdr)
+			body := make([]byte, h.BodyLen)
+			if _, err := io.ReadFull(br, body); err != nil {
+				return
+			}
+			if resp := answer(h, body); resp != nil {
+				nc.Write(resp)
+			}
+		}
 	}()
 	return l.Addr().String()
+}
+
+// okResponse is a bare success response to h.
+func okResponse(h protocol.Header) []byte {
+	return protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0)
 }
 
 // TestWaiter: a waiter wakes for the call it waits for while others are
@@ -164,11 +181,11 @@ func TestWaiter(t *testing.T) {
 // marked behind (so async replication waits for them), and not before.
 func TestPeerBacklog(t *testing.T) {
 	release := make(chan struct{})
-	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
-		hdr := make([]byte, protocol.HeaderLen)
-		io.ReadFull(br, hdr) // HELLO
-		nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, protocol.OpHello, 0, 0, 0, 0, 0, 0, 0))
-		<-release // then reads nothing
+	addr := fakePeer(t, func(h protocol.Header, _ []byte) []byte {
+		if h.Opcode != protocol.OpHello {
+			<-release // reads nothing more
+		}
+		return okResponse(h)
 	})
 	defer close(release)
 	p := newPeers(nil, slog.New(slog.DiscardHandler))
@@ -209,18 +226,11 @@ func TestPeerBacklog(t *testing.T) {
 // skipped request succeeded, and every call after it gets the error
 // rather than waiting out its timeout.
 func TestPeerSkipsAnswer(t *testing.T) {
-	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
-		for {
-			hdr := make([]byte, protocol.HeaderLen)
-			if _, err := io.ReadFull(br, hdr); err != nil {
-				return
-			}
-			h := protocol.ParseHeader(hdr)
-			io.CopyN(io.Discard, br, int64(h.BodyLen))
-			if h.Opcode == protocol.OpHello || h.Opcode == protocol.OpNoop {
-				nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0))
-			}
+	addr := fakePeer(t, func(h protocol.Header, _ []byte) []byte {
+		if h.Opcode == protocol.OpHello || h.Opcode == protocol.OpNoop {
+			return okResponse(h)
 		}
+		return nil
 	})
 	p := newPeers(nil, slog.New(slog.DiscardHandler))
 	defer p.close()
@@ -285,19 +295,11 @@ func TestSetCopyMatchesStored(t *testing.T) {
 // however many writes it carries, and again once forgotten.
 func TestStreamRestartsAfterForget(t *testing.T) {
 	resets := make(chan uint16, 8)
-	addr := fakePeer(t, func(nc net.Conn, br *bufio.Reader) {
-		for {
-			hdr := make([]byte, protocol.HeaderLen)
-			if _, err := io.ReadFull(br, hdr); err != nil {
-				return
-			}
-			h := protocol.ParseHeader(hdr)
-			io.CopyN(io.Discard, br, int64(h.BodyLen))
-			if h.Opcode == protocol.OpDelVBucket {
-				resets <- h.VBucket
-			}
-			nc.Write(protocol.AppendHeader(nil, protocol.MagicResponse, h.Opcode, 0, 0, 0, 0, 0, h.Opaque, 0))
+	addr := fakePeer(t, func(h protocol.Header, _ []byte) []byte {
+		if h.Opcode == protocol.OpDelVBucket {
+			resets <- h.VBucket
 		}
+		return okResponse(h)
 	})
 	p := newPeers(nil, slog.New(slog.DiscardHandler))
 	defer p.close()
