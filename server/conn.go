@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"vbcache/protocol"
@@ -74,8 +75,10 @@ type conn struct {
 	slab     []call
 	slabUsed int
 
-	// lio is set while an event loop serves the connection (loop_linux.go).
-	lio *loopIO
+	// lio is set while an event loop serves the connection (loop_linux.go);
+	// park says who may touch the connection meanwhile (see loopParked).
+	lio  *loopIO
+	park atomic.Int32
 	// frames counts the requests handleBuffered has handled.
 	frames int
 	// active is when an event loop last read from the connection, for

@@ -142,6 +142,30 @@ func (c *conn) assemble() {
 	c.held = c.held[:0]
 }
 
+// settled reports whether assemble can fill every slot without waiting,
+// once every call is complete: no receiver disowned a request or a copy,
+// which would have it routed again by a newer map.
+func (c *conn) settled() bool {
+	for i := range c.slots {
+		s := &c.slots[i]
+		if s.call != nil && disowned(s.call) {
+			return false
+		}
+		for _, cl := range s.repl {
+			if disowned(cl) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// disowned reports whether the complete call cl was answered
+// NOT_MY_VBUCKET.
+func disowned(cl *call) bool {
+	return cl.err == nil && respStatus(cl.resp) == protocol.StatusNotMyVBucket
+}
+
 // resolve appends the client's response for slot s to out.
 func (c *conn) resolve(s *slot, out []byte) []byte {
 	req, _, _ := protocol.Parse(s.frame, protocol.MagicRequest, ^uint32(0))

@@ -139,8 +139,9 @@ func latencyBucket(d time.Duration) int {
 }
 
 // reqStats are the request metrics one serving goroutine keeps; see the top
-// of this file. Only that goroutine writes them; Metrics reads them from
-// others, hence atomic.
+// of this file. Only that goroutine writes them, but for the batches of an
+// event loop's parked connections, which end on peer readers (see
+// eventLoop.park); Metrics reads them from others, hence atomic.
 type reqStats struct {
 	// ops counts requests by cell (see opCells).
 	ops [numOpRows * numStatusCols]atomic.Uint64

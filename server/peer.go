@@ -225,6 +225,7 @@ type peerConn struct {
 	// outStamped; every copy in out counts as queued then (see lag).
 	outAt      time.Duration
 	outStamped bool
+	answers    uint64    // responses read, for watch
 	err        error     // set once; the connection is then dead
 	errAt      time.Time // when err was set
 }
@@ -377,9 +378,12 @@ func (pc *peerConn) run(auth *PeerAuth) {
 	}
 	pc.nc = nc
 	pc.mu.Unlock()
-	var reader sync.WaitGroup
-	reader.Go(func() { pc.readLoop(br) })
-	defer reader.Wait()
+	var others sync.WaitGroup
+	stop := make(chan struct{})
+	others.Go(func() { pc.readLoop(br) })
+	others.Go(func() { pc.watch(stop) })
+	defer others.Wait()
+	defer close(stop)
 
 	var buf []byte
 	for range pc.wake {
@@ -402,6 +406,41 @@ func (pc *peerConn) run(auth *PeerAuth) {
 		}
 		if cap(buf) > peerKeepBuf {
 			buf = nil // a backfill's burst: do not keep its buffer for good
+		}
+	}
+}
+
+// peerStallCheck is how often a peer connection's watchdog looks for a
+// stall (see watch).
+const peerStallCheck = time.Second
+
+// watch fails the connection once requests have waited forwardTimeout
+// with no response at all, until stop is closed. Responses come in order,
+// so every request behind an unanswered one waits as long: the peer is
+// stuck or gone. Failing completes the calls, which event loops' parked
+// connections wait for (see eventLoop.park) without a timer of their own.
+func (pc *peerConn) watch(stop <-chan struct{}) {
+	t := time.NewTicker(peerStallCheck)
+	defer t.Stop()
+	// since is a tick when nothing waited, or the last seen progress: a
+	// stall counts from a tick before its first request.
+	since, seen := time.Now(), uint64(0)
+	for {
+		var now time.Time
+		select {
+		case <-stop:
+			return
+		case now = <-t.C:
+		}
+		pc.mu.Lock()
+		waiting, answers := pc.head < len(pc.pending), pc.answers
+		pc.mu.Unlock()
+		switch {
+		case !waiting || answers != seen:
+			since, seen = now, answers
+		case now.Sub(since) >= forwardTimeout+peerStallCheck:
+			pc.fail(fmt.Errorf("server: peer %s answered nothing for %v: %w", pc.addr, forwardTimeout, errForwardTimeout))
+			return
 		}
 	}
 }
@@ -579,6 +618,7 @@ func (pc *peerConn) answered(frame []byte, done *[]*call, resps *[][]byte) error
 		*resps = append(*resps, resp)
 	}
 	pc.head += n + 1
+	pc.answers++
 	if pc.head == len(pc.pending) {
 		// Empty: start over at the front, so appends reuse the array,
 		// unless a burst made it large.

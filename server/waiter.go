@@ -17,12 +17,21 @@ import (
 type waiter struct {
 	ch      chan struct{}        // room for one signal
 	pending atomic.Int32         // calls made and not yet complete
-	on      atomic.Pointer[call] // the call waited for; allCalls: every call
+	on      atomic.Pointer[call] // the call waited for; allCalls or resumeAll: every call
 	timer   *time.Timer          // bounds one wait; stopped between waits
+	// resume is called, by the goroutine that completes the last call,
+	// when w.on is resumeAll: a parked connection of an event loop then
+	// finishes its batch on that goroutine (see eventLoop.park).
+	resume func()
 }
 
-// allCalls is waiter.on while the waiter waits for every call.
-var allCalls = new(call)
+var (
+	// allCalls is waiter.on while the waiter waits for every call.
+	allCalls = new(call)
+	// resumeAll is waiter.on while no one waits: the last call to complete
+	// calls resume instead of waking anyone.
+	resumeAll = new(call)
+)
 
 func newWaiter() *waiter {
 	t := time.NewTimer(time.Hour)
@@ -35,11 +44,31 @@ func newWaiter() *waiter {
 // afterwards does not block.
 func (w *waiter) completed(cl *call) {
 	left := w.pending.Add(-1)
-	if on := w.on.Load(); on == cl || on == allCalls && left == 0 {
+	switch on := w.on.Load(); {
+	case on == cl || on == allCalls && left == 0:
 		select {
 		case w.ch <- struct{}{}:
 		default: // a signal is already pending
 		}
+	case on == resumeAll && left == 0:
+		w.resumeOnce()
+	}
+}
+
+// parkAll arranges for resume to be called once every call made so far
+// is complete: at once, on this goroutine, if they already are.
+func (w *waiter) parkAll() {
+	w.on.Store(resumeAll)
+	if w.pending.Load() == 0 {
+		w.resumeOnce()
+	}
+}
+
+// resumeOnce calls resume unless another goroutine has already: both
+// the last completion and parkAll may see every call complete.
+func (w *waiter) resumeOnce() {
+	if w.on.CompareAndSwap(resumeAll, nil) {
+		w.resume()
 	}
 }
 

@@ -1,0 +1,200 @@
+package server
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"vbcache/protocol"
+	"vbcache/vbucket"
+)
+
+// These tests forward a legacy client's requests to a fake owner, in both
+// serving modes: on Linux the client's connection parks on its event loop
+// while it waits (loop_linux.go), elsewhere and with goroutinePerConn it
+// waits on its goroutine.
+
+// staticCluster is a Cluster whose map never changes.
+type staticCluster struct {
+	name string
+	m    *vbucket.Map
+}
+
+func (s staticCluster) Name() string      { return s.name }
+func (s staticCluster) Map() *vbucket.Map { return s.m }
+func (s staticCluster) WaitMap(ctx context.Context, after int64) *vbucket.Map {
+	if s.m.Rev <= after {
+		<-ctx.Done()
+	}
+	return s.m
+}
+
+// forwardingServer starts a cluster node that holds no vbucket: the node
+// at owner holds them all, with no replicas.
+func forwardingServer(t *testing.T, mod func(*Config), owner string) (*Server, string) {
+	t.Helper()
+	const n = 16
+	rows := make([][]int, n)
+	for i := range rows {
+		rows[i] = []int{1}
+	}
+	m := &vbucket.Map{Rev: 1, Servers: []vbucket.Server{{Name: "a", KV: "127.0.0.1:1"}, {Name: "b", KV: owner}}, VBuckets: rows}
+	return testServer(t, func(cfg *Config) {
+		cfg.Cluster, cfg.VBuckets = staticCluster{name: "a", m: m}, n
+		if mod != nil {
+			mod(cfg)
+		}
+	})
+}
+
+// heldPeer is a fake owner that answers a GET with "value of <key>" once
+// the test lets it: release lets the next request through. It answers
+// HELLO at once.
+func heldPeer(t *testing.T) (addr string, received <-chan string, release chan<- struct{}) {
+	rcv, rel := make(chan string, 16), make(chan struct{}, 16)
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	addr = fakePeer(t, func(h protocol.Header, body []byte) []byte {
+		if h.Opcode == protocol.OpHello {
+			return okResponse(h)
+		}
+		key := string(body[h.ExtrasLen : int(h.ExtrasLen)+int(h.KeyLen)])
+		rcv <- key
+		select {
+		case <-rel:
+		case <-stop:
+			return nil
+		}
+		return protocol.AppendFrame(nil, &protocol.Frame{
+			Magic: protocol.MagicResponse, Opcode: h.Opcode, Opaque: h.Opaque, Value: []byte("value of " + key),
+		})
+	})
+	return addr, rcv, rel
+}
+
+// expectKey waits for the fake owner to receive a request for key.
+func expectKey(t *testing.T, received <-chan string, key string) {
+	t.Helper()
+	select {
+	case k := <-received:
+		if k != key {
+			t.Fatalf("owner received %q, want %q", k, key)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("owner did not receive %q", key)
+	}
+}
+
+// TestForwardWhileRequestsArrive: requests that arrive while a connection
+// waits for the owner are served after it, in order: on an event loop,
+// they arrive while the connection is parked, and resume must have them
+// reported again. The connection stays on its loop throughout.
+func TestForwardWhileRequestsArrive(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mod func(*Config)) {
+		owner, received, release := heldPeer(t)
+		srv, addr := forwardingServer(t, mod, owner)
+		c := dial(t, addr)
+		c.send(frame(protocol.OpGet, "first", "", nil, 1, 0))
+		expectKey(t, received, "first")
+		// The owner holds "first": these wait in the socket.
+		c.send(frame(protocol.OpGet, "second", "", nil, 2, 0), frame(protocol.OpNoop, "", "", nil, 3, 0))
+		time.Sleep(50 * time.Millisecond)
+		release <- struct{}{}
+		expectKey(t, received, "second")
+		release <- struct{}{}
+		for i, want := range []string{"value of first", "value of second", ""} {
+			res := c.read()
+			if res.Opaque != uint32(i+1) || res.Status() != protocol.StatusOK || string(res.Value) != want {
+				t.Fatalf("response %d: opaque %d status 0x%02x value %q, want %q", i+1, res.Opaque, res.Status(), res.Value, want)
+			}
+		}
+		if mod == nil && runtime.GOOS == "linux" && loopConns(srv) != 1 {
+			t.Fatalf("loops hold %d connections, want the client's", loopConns(srv))
+		}
+	})
+}
+
+// TestForwardToStuckOwner: an owner that takes requests and never answers
+// fails the request with TMPFAIL after forwardTimeout, not never.
+func TestForwardToStuckOwner(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits forwardTimeout")
+	}
+	forEachMode(t, func(t *testing.T, mod func(*Config)) {
+		t.Parallel()
+		owner, received, _ := heldPeer(t) // never released
+		_, addr := forwardingServer(t, mod, owner)
+		c := dial(t, addr)
+		start := time.Now()
+		c.send(frame(protocol.OpGet, "k", "", nil, 7, 0))
+		expectKey(t, received, "k")
+		res := c.read() // dial's deadline: 10 s
+		took := time.Since(start)
+		if res.Opaque != 7 || res.Status() != protocol.StatusTempFailure {
+			t.Fatalf("opaque %d status 0x%02x, want 7 and TMPFAIL", res.Opaque, res.Status())
+		}
+		if took < forwardTimeout || took > forwardTimeout+3*peerStallCheck {
+			t.Fatalf("answered after %v, want %v to %v", took, forwardTimeout, forwardTimeout+3*peerStallCheck)
+		}
+	})
+}
+
+// TestShutdownAnswersWaiting: Shutdown lets a connection waiting for the
+// owner get its answer before it closes.
+func TestShutdownAnswersWaiting(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mod func(*Config)) {
+		owner, received, release := heldPeer(t)
+		srv, addr := forwardingServer(t, mod, owner)
+		c := dial(t, addr)
+		c.send(frame(protocol.OpGet, "k", "", nil, 5, 0))
+		expectKey(t, received, "k")
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Errorf("Shutdown: %v", err)
+			}
+		})
+		time.Sleep(100 * time.Millisecond) // the loops have closed
+		release <- struct{}{}
+		if res := c.read(); res.Opaque != 5 || string(res.Value) != "value of k" {
+			t.Fatalf("opaque %d status 0x%02x value %q", res.Opaque, res.Status(), res.Value)
+		}
+		c.expectClosed()
+		wg.Wait()
+	})
+}
+
+// TestForwardDisowned: a request the owner disowns is routed again, which
+// waits for a newer map: a parked connection moves to a goroutine for
+// that, and the client gets the answer of the second try.
+func TestForwardDisowned(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mod func(*Config)) {
+		tries := 0
+		owner := fakePeer(t, func(h protocol.Header, _ []byte) []byte {
+			if h.Opcode == protocol.OpHello {
+				return okResponse(h)
+			}
+			if tries++; tries == 1 {
+				return protocol.AppendError(nil, h.Opcode, protocol.StatusNotMyVBucket, h.Opaque)
+			}
+			return protocol.AppendFrame(nil, &protocol.Frame{
+				Magic: protocol.MagicResponse, Opcode: h.Opcode, Opaque: h.Opaque, Value: []byte("second try"),
+			})
+		})
+		srv, addr := forwardingServer(t, mod, owner)
+		c := dial(t, addr)
+		if res := c.do(frame(protocol.OpGet, "k", "", nil, 9, 0)); res.Opaque != 9 || string(res.Value) != "second try" {
+			t.Fatalf("opaque %d status 0x%02x value %q", res.Opaque, res.Status(), res.Value)
+		}
+		if n := loopConns(srv); n != 0 {
+			t.Fatalf("loops hold %d connections after a reroute, want none", n)
+		}
+		if res := c.do(frame(protocol.OpNoop, "", "", nil, 10, 0)); res.Opaque != 10 {
+			t.Fatalf("NOOP after the reroute: opaque %d", res.Opaque)
+		}
+	})
+}
