@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"net"
 	"runtime"
 	"sync"
 	"testing"
@@ -90,29 +91,39 @@ func expectKey(t *testing.T, received <-chan string, key string) {
 // TestForwardWhileRequestsArrive: requests that arrive while a connection
 // waits for the owner are served after it, in order: on an event loop,
 // they arrive while the connection is parked, and resume must have them
-// reported again. The connection stays on its loop throughout.
+// reported again. The connection stays on its loop throughout. A client
+// that then closes its end gets every answer before the connection
+// closes.
 func TestForwardWhileRequestsArrive(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mod func(*Config)) {
 		owner, received, release := heldPeer(t)
 		srv, addr := forwardingServer(t, mod, owner)
 		c := dial(t, addr)
-		c.send(frame(protocol.OpGet, "first", "", nil, 1, 0))
-		expectKey(t, received, "first")
-		// The owner holds "first": these wait in the socket.
-		c.send(frame(protocol.OpGet, "second", "", nil, 2, 0), frame(protocol.OpNoop, "", "", nil, 3, 0))
-		time.Sleep(50 * time.Millisecond)
-		release <- struct{}{}
-		expectKey(t, received, "second")
-		release <- struct{}{}
-		for i, want := range []string{"value of first", "value of second", ""} {
-			res := c.read()
-			if res.Opaque != uint32(i+1) || res.Status() != protocol.StatusOK || string(res.Value) != want {
-				t.Fatalf("response %d: opaque %d status 0x%02x value %q, want %q", i+1, res.Opaque, res.Status(), res.Value, want)
+		for round := range 2 {
+			c.send(frame(protocol.OpGet, "first", "", nil, 1, 0))
+			expectKey(t, received, "first")
+			// The owner holds "first": these wait in the socket, and in
+			// the second round so does the end of the client's input.
+			c.send(frame(protocol.OpGet, "second", "", nil, 2, 0), frame(protocol.OpNoop, "", "", nil, 3, 0))
+			if round == 1 {
+				c.nc.(*net.TCPConn).CloseWrite()
+			}
+			time.Sleep(50 * time.Millisecond)
+			release <- struct{}{}
+			expectKey(t, received, "second")
+			release <- struct{}{}
+			for i, want := range []string{"value of first", "value of second", ""} {
+				res := c.read()
+				if res.Opaque != uint32(i+1) || res.Status() != protocol.StatusOK || string(res.Value) != want {
+					t.Fatalf("round %d, response %d: opaque %d status 0x%02x value %q, want %q", round, i+1, res.Opaque, res.Status(), res.Value, want)
+				}
+			}
+			if round == 0 && mod == nil && runtime.GOOS == "linux" && loopConns(srv) != 1 {
+				t.Fatalf("loops hold %d connections, want the client's", loopConns(srv))
 			}
 		}
-		if mod == nil && runtime.GOOS == "linux" && loopConns(srv) != 1 {
-			t.Fatalf("loops hold %d connections, want the client's", loopConns(srv))
-		}
+		c.expectClosed()
+		waitFor(t, func() bool { return srv.currConns.Load() == 0 })
 	})
 }
 
