@@ -209,3 +209,66 @@ func TestForwardDisowned(t *testing.T) {
 		}
 	})
 }
+
+// TestAsyncBackPressure: with async replication a client's write is
+// acknowledged before its copy reaches the replica, until the replica
+// falls peerBacklog behind: then writes wait for their copies. Here the
+// replica stops reading, so a write waits until the peer connection's
+// watchdog gives up on it; the write stands and counts a replication
+// error.
+func TestAsyncBackPressure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits forwardTimeout")
+	}
+	forEachMode(t, func(t *testing.T, mod func(*Config)) {
+		t.Parallel()
+		stop := make(chan struct{})
+		t.Cleanup(func() { close(stop) })
+		replica := fakePeer(t, func(h protocol.Header, _ []byte) []byte {
+			if h.Opcode != protocol.OpHello {
+				<-stop // reads nothing more
+			}
+			return okResponse(h)
+		})
+		const n = 16
+		rows := make([][]int, n)
+		for i := range rows {
+			rows[i] = []int{0, 1}
+		}
+		m := &vbucket.Map{Rev: 1, Replicas: 1, VBuckets: rows,
+			Servers: []vbucket.Server{{Name: "a", KV: "127.0.0.1:1"}, {Name: "b", KV: replica}}}
+		srv, addr := testServer(t, func(cfg *Config) {
+			cfg.Cluster, cfg.VBuckets, cfg.AsyncReplication = staticCluster{name: "a", m: m}, n, true
+			if mod != nil {
+				mod(cfg)
+			}
+		})
+		c := dial(t, addr)
+		c.nc.SetDeadline(time.Now().Add(20 * time.Second))
+		value := string(make([]byte, 256<<10))
+		// Socket buffers take some megabytes, then peerBacklog more; 64
+		// writes of 256 KiB are 16 MiB.
+		for i := range 64 {
+			start := time.Now()
+			res := c.do(frame(protocol.OpSet, key(i), value, setExtras(0, 0), uint32(i), 0))
+			took := time.Since(start)
+			if res.Status() != protocol.StatusOK || res.Opaque != uint32(i) {
+				t.Fatalf("SET %d: status 0x%02x opaque %d", i, res.Status(), res.Opaque)
+			}
+			if took < time.Second {
+				continue
+			}
+			if i*len(value) < peerBacklog {
+				t.Fatalf("SET %d waited %v with less than peerBacklog sent", i, took)
+			}
+			if took < forwardTimeout || srv.stats.replErrors.Load() == 0 {
+				t.Fatalf("SET %d waited %v; replication errors %d", i, took, srv.stats.replErrors.Load())
+			}
+			if res := c.do(frame(protocol.OpGet, key(i), "", nil, 0, 0)); len(res.Value) != len(value) {
+				t.Fatalf("GET of the write that waited: status 0x%02x, %d bytes", res.Status(), len(res.Value))
+			}
+			return
+		}
+		t.Fatal("no write waited for its copy")
+	})
+}
