@@ -400,6 +400,43 @@ func TestLegacyPipelineAcrossOwners(t *testing.T) {
 	})
 }
 
+// TestLegacyClientsOnEveryNode: legacy clients on every node at once, each
+// pipelining sync-replicated writes spread over every owner. Each node
+// forwards writes to the others and answers theirs, which wait there for
+// their copies: those must never queue behind forwarded writes, or the
+// waits form a cycle across the nodes and every write times out.
+func TestLegacyClientsOnEveryNode(t *testing.T) {
+	nodes := startCluster(t, 3)
+	waitConverged(t, nodes)
+	const conns, batch, rounds = 4, 64, 5
+	var wg sync.WaitGroup
+	start := time.Now()
+	for ni, nd := range nodes {
+		for ci := range conns {
+			c := dial(t, nd.KVAddr())
+			wg.Go(func() {
+				for r := range rounds {
+					for i := range batch {
+						k := fmt.Sprintf("every-%d-%d-%d", ni, ci, r*batch+i)
+						c.sendOpaque(protocol.OpSet, 0, k, make([]byte, 8), "v", uint32(i))
+					}
+					for i := range batch {
+						if st, resp := c.recv(t); st != protocol.StatusOK || resp.Opaque != uint32(i) {
+							t.Errorf("node%d conn %d round %d: SET %d: status 0x%02x opaque %d", ni, ci, r, i, st, resp.Opaque)
+							return
+						}
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	// A cycle would hold every write until the peers' 5 s timeout.
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("%d writes took %v", len(nodes)*conns*rounds*batch, took)
+	}
+}
+
 func TestHTTPEndpoints(t *testing.T) {
 	nodes := startCluster(t, 3)
 	m := waitConverged(t, nodes)

@@ -178,7 +178,7 @@ func (r *replicator) backfill(ctx context.Context, rt *routes) bool {
 			vbItems++
 			vbBytes += len(frame)
 			for _, k := range streams {
-				calls[k] = append(calls[k], r.srv.peers.send(rt.m.Servers[want[k]].KV, uint64(vb), frame, protocol.OpSetWithMeta, w))
+				calls[k] = append(calls[k], r.srv.peers.send(rt.m.Servers[want[k]].KV, frame, protocol.OpSetWithMeta, w))
 			}
 		}
 		mu.Unlock()

@@ -227,17 +227,18 @@ func (c *conn) handleFrames() (quit bool) {
 // send queues a request for another node (see peers.send). It leaves when
 // the batch is flushed, in one write with the batch's other requests for
 // the same peer connection.
-func (c *conn) send(addr string, lane uint64, frame []byte, op protocol.Opcode) *call {
+func (c *conn) send(addr string, frame []byte, op protocol.Opcode) *call {
 	cl := c.newCall()
 	// Most of a batch's requests go on connections it already used: find
 	// them without the pool's lock and map.
+	slot := peerSlot(op)
 	for _, pc := range c.kicks {
-		if pc.addr == addr && pc.slot == int(lane%peerConns) && !pc.failed() {
+		if pc.addr == addr && pc.slot == slot && !pc.failed() {
 			pc.queue(cl, frame, op)
 			return cl
 		}
 	}
-	pc := c.srv.peers.queueCall(addr, lane, cl, frame, op)
+	pc := c.srv.peers.queueCall(addr, cl, frame, op)
 	if pc != nil && !slices.Contains(c.kicks, pc) {
 		c.kicks = append(c.kicks, pc)
 	}

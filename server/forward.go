@@ -81,7 +81,7 @@ func (c *conn) route(req *protocol.Request) (done bool, rt *routes, vb uint16) {
 	c.stats[cForwarded].Add(1)
 	c.slots = append(c.slots, slot{
 		at: len(c.wbuf), frame: frame, vb: vb, rev: rt.m.Rev,
-		call: c.send(rt.m.Servers[owner].KV, uint64(vb), frame, req.Opcode.Loud()),
+		call: c.send(rt.m.Servers[owner].KV, frame, req.Opcode.Loud()),
 	})
 	return true, rt, vb
 }
@@ -102,7 +102,7 @@ func (c *conn) flushCluster(req *protocol.Request) {
 	s := slot{at: len(c.wbuf), frame: frame}
 	for i, srv := range rt.m.Servers {
 		if i != rt.self {
-			s.fan = append(s.fan, c.srv.peers.send(srv.KV, 0, frame, protocol.OpFlush, c.waiter()))
+			s.fan = append(s.fan, c.srv.peers.send(srv.KV, frame, protocol.OpFlush, c.waiter()))
 		}
 	}
 	c.slots = append(c.slots, s)
@@ -283,7 +283,7 @@ func (c *conn) reroute(s *slot) *routes {
 		return nil
 	}
 	op := protocol.Opcode(s.frame[1])
-	s.call = c.srv.peers.send(rt.m.Servers[owner].KV, uint64(s.vb), s.frame, op.Loud(), c.waiter())
+	s.call = c.srv.peers.send(rt.m.Servers[owner].KV, s.frame, op.Loud(), c.waiter())
 	return rt
 }
 

@@ -206,9 +206,9 @@ func TestPeerLag(t *testing.T) {
 	setMeta := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,
 		Extras: make([]byte, 24), Key: []byte("k"), Value: []byte("v")})
 	calls := []*call{
-		p.send(addr, 0, get, protocol.OpGet, w),
-		p.send(addr, 0, setMeta, protocol.OpSetWithMeta, w),
-		p.send(addr, 0, setMeta, protocol.OpSetWithMeta, w),
+		p.send(addr, get, protocol.OpGet, w),
+		p.send(addr, setMeta, protocol.OpSetWithMeta, w),
+		p.send(addr, setMeta, protocol.OpSetWithMeta, w),
 	}
 	waitFor(t, func() bool { lags := p.lag(); return len(lags) == 1 && lags[0].Oldest >= time.Millisecond })
 	if lags := p.lag(); lags[0].Peer != addr || lags[0].Copies != 2 {

@@ -20,14 +20,28 @@ import (
 )
 
 // Peer connections carry requests this node forwards to the owners of their
-// vbuckets. Each peer has peerConns persistent, pipelined connections; all
-// requests for one vbucket use the same one (the lane is the vbucket), so
-// they reach the owner in the order this node sent them. A peer connection
-// opens with HELLO carrying peerAgent, which tells the receiving node never
-// to forward again: it answers NOT_MY_VBUCKET instead.
+// vbuckets, and the stream messages of replication and moves (replicate.go).
+// Each peer has two persistent, pipelined connections: streamSlot's carries
+// every stream message, requestSlot's everything else. So each kind reaches
+// the peer in the order this node sent it. A peer connection opens with
+// HELLO carrying peerAgent, which tells the receiving node never to forward
+// again: it answers NOT_MY_VBUCKET instead.
+//
+// Why two: a receiver serves a connection's requests in order, and a
+// forwarded write waits there until the receiver's copies of it are
+// acknowledged. On one connection per peer, copies would queue behind such
+// writes, and with legacy clients on every node the waits can form a
+// cycle: a write A forwarded to B waits on B for B's copy to C; on the
+// connection from B to C that copy queues behind a write B forwarded to C,
+// which waits for C's copy to A; that copy queues behind a write C
+// forwarded to A, which waits for A's copy to B, queued behind the first
+// write. Every write then times out. Stream messages never wait on the
+// receiver, so on connections of their own they always flow.
 
 const (
-	peerConns   = 1
+	streamSlot  = 0
+	requestSlot = 1
+	peerConns   = 2
 	peerAgent   = "vbcache-peer"
 	dialTimeout = 2 * time.Second
 	peerBufSize = 64 << 10
@@ -107,10 +121,10 @@ func newPeers(auth *PeerAuth, log *slog.Logger) *peers {
 
 // send forwards frame (a whole request) to the node at addr, rewriting its
 // opcode to op and its opaque to one of the connection's own, on the
-// connection chosen by lane. It does not block on the network: the call
-// completes when the response arrives or the connection fails.
-func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode, w *waiter) *call {
-	c, pc := p.queue(addr, lane, frame, op, w)
+// connection for op (see peerSlot). It does not block on the network: the
+// call completes when the response arrives or the connection fails.
+func (p *peers) send(addr string, frame []byte, op protocol.Opcode, w *waiter) *call {
+	c, pc := p.queue(addr, frame, op, w)
 	if pc != nil {
 		pc.kick()
 	}
@@ -121,14 +135,14 @@ func (p *peers) send(addr string, lane uint64, frame []byte, op protocol.Opcode,
 // out with the next kick of pc (nil if the call failed at once). A client
 // connection queues a whole batch's requests and kicks each peer
 // connection once.
-func (p *peers) queue(addr string, lane uint64, frame []byte, op protocol.Opcode, w *waiter) (*call, *peerConn) {
+func (p *peers) queue(addr string, frame []byte, op protocol.Opcode, w *waiter) (*call, *peerConn) {
 	c := newCall(w)
-	return c, p.queueCall(addr, lane, c, frame, op)
+	return c, p.queueCall(addr, c, frame, op)
 }
 
 // queueCall is queue for a call the caller made.
-func (p *peers) queueCall(addr string, lane uint64, c *call, frame []byte, op protocol.Opcode) *peerConn {
-	pc, err := p.conn(addr, int(lane%peerConns))
+func (p *peers) queueCall(addr string, c *call, frame []byte, op protocol.Opcode) *peerConn {
+	pc, err := p.conn(addr, peerSlot(op))
 	if err != nil {
 		c.complete(nil, err)
 		return nil
@@ -468,6 +482,15 @@ func (pc *peerConn) gather() {
 			return
 		}
 	}
+}
+
+// peerSlot returns the slot of the connection that carries op: see the top
+// of this file.
+func peerSlot(op protocol.Opcode) int {
+	if isCopy(op) {
+		return streamSlot
+	}
+	return requestSlot
 }
 
 // isCopy reports whether op is a stream message (replicate.go), whose

@@ -17,8 +17,9 @@ import (
 // NOOP. The peer here answers as a node does: nothing for a quiet success,
 // an error for a refused copy, a response for every loud request. Each
 // call must get its own outcome: the refused copy its error, a loud
-// request its response, and every other copy success once a later
-// response shows the peer has handled it.
+// request (DEL_VBUCKET, a stream message sent loud) its response, and
+// every other copy success once a later response shows the peer has
+// handled it.
 func TestQuietCopies(t *testing.T) {
 	received := make(chan protocol.Opcode, 16)
 	addr := fakePeer(t, func(h protocol.Header, body []byte) []byte {
@@ -50,13 +51,13 @@ func TestQuietCopies(t *testing.T) {
 		op  protocol.Opcode
 	}{
 		{"a", protocol.OpSetWithMeta}, {"refused", protocol.OpSetWithMeta}, {"b", protocol.OpDelWithMeta},
-		{"get", protocol.OpGet}, {"c", protocol.OpSetWithMeta},
+		{"loud", protocol.OpDelVBucket}, {"c", protocol.OpSetWithMeta},
 	} {
 		frame := copyOf(r.key)
-		if r.op == protocol.OpGet {
-			frame = protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpGet, Key: []byte(r.key)})
+		if r.op == protocol.OpDelVBucket {
+			frame = protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpDelVBucket, Key: []byte(r.key)})
 		}
-		cl, pc := p.queue(addr, 0, frame, r.op, w)
+		cl, pc := p.queue(addr, frame, r.op, w)
 		if pc == nil {
 			t.Fatalf("queue: %v", cl.err)
 		}
@@ -71,7 +72,7 @@ func TestQuietCopies(t *testing.T) {
 	for i, want := range []struct {
 		status protocol.Status
 		value  string
-	}{{protocol.StatusOK, ""}, {protocol.StatusNotMyVBucket, "Not my vbucket"}, {protocol.StatusOK, ""}, {protocol.StatusOK, "answer to get"}, {protocol.StatusOK, ""}} {
+	}{{protocol.StatusOK, ""}, {protocol.StatusNotMyVBucket, "Not my vbucket"}, {protocol.StatusOK, ""}, {protocol.StatusOK, "answer to loud"}, {protocol.StatusOK, ""}} {
 		resp, err := w.wait(calls[i])
 		if err != nil {
 			t.Fatalf("call %d: %v", i, err)
@@ -92,7 +93,7 @@ func TestQuietCopies(t *testing.T) {
 		}
 	}
 	want := []protocol.Opcode{protocol.OpSetQWithMeta, protocol.OpSetQWithMeta, protocol.OpDelQWithMeta,
-		protocol.OpGet, protocol.OpSetQWithMeta, protocol.OpNoop}
+		protocol.OpDelVBucket, protocol.OpSetQWithMeta, protocol.OpNoop}
 	if len(ops) != len(want) {
 		t.Fatalf("peer received %v, want %v", ops, want)
 	}
@@ -103,10 +104,12 @@ func TestQuietCopies(t *testing.T) {
 	}
 }
 
-// fakePeer listens on loopback and serves the first connection as a peer
-// node would be served by: it reads each request and writes what answer
-// returns for it, if anything. answer may block, and then the peer reads
-// no further. The listener and the connection close when the test ends.
+// fakePeer listens on loopback and serves each connection as a peer node
+// would be served by: it reads each request and writes what answer returns
+// for it, if anything. answer may block, and then that connection reads no
+// further; it is called from one goroutine per connection (a node opens
+// two to each peer, see peerSlot). The listener closes when the test ends,
+// and each connection once answer returns after that.
 func fakePeer(t *testing.T, answer func(h protocol.Header, body []byte) []byte) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -115,28 +118,35 @@ func fakePeer(t *testing.T, answer func(h protocol.Header, body []byte) []byte) 
 	}
 	t.Cleanup(func() { l.Close() })
 	go func() {
-		nc, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		br := bufio.NewReader(nc)
 		for {
-			hdr := make([]byte, protocol.HeaderLen)
-			if _, err := io.ReadFull(br, hdr); err != nil {
+			nc, err := l.Accept()
+			if err != nil {
 				return
 			}
-			h := protocol.ParseHeader(hdr)
-			body := make([]byte, h.BodyLen)
-			if _, err := io.ReadFull(br, body); err != nil {
-				return
-			}
-			if resp := answer(h, body); resp != nil {
-				nc.Write(resp)
-			}
+			go servePeer(nc, answer)
 		}
 	}()
 	return l.Addr().String()
+}
+
+// servePeer is one connection of fakePeer.
+func servePeer(nc net.Conn, answer func(h protocol.Header, body []byte) []byte) {
+	defer nc.Close()
+	br := bufio.NewReader(nc)
+	for {
+		hdr := make([]byte, protocol.HeaderLen)
+		if _, err := io.ReadFull(br, hdr); err != nil {
+			return
+		}
+		h := protocol.ParseHeader(hdr)
+		body := make([]byte, h.BodyLen)
+		if _, err := io.ReadFull(br, body); err != nil {
+			return
+		}
+		if resp := answer(h, body); resp != nil {
+			nc.Write(resp)
+		}
+	}
 }
 
 // okResponse is a bare success response to h.
@@ -196,11 +206,11 @@ func TestPeerBacklog(t *testing.T) {
 	// the output grows.
 	deadline := time.Now().Add(10 * time.Second)
 	for sent := 0; ; sent++ {
-		cl := p.send(addr, 0, copy64k, protocol.OpSetWithMeta, nil)
+		cl := p.send(addr, copy64k, protocol.OpSetWithMeta, nil)
 		if cl.done.Load() {
 			t.Fatalf("call %d failed: %v", sent, cl.err)
 		}
-		pc, _ := p.conn(addr, 0)
+		pc, _ := p.conn(addr, streamSlot)
 		pc.mu.Lock()
 		unwritten := len(pc.out)
 		pc.mu.Unlock()
@@ -237,19 +247,19 @@ func TestPeerSkipsAnswer(t *testing.T) {
 	w := newWaiter()
 	setMeta := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpSetWithMeta,
 		Extras: make([]byte, 24), Key: []byte("k"), Value: []byte("v")})
-	get := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpGet, Key: []byte("k")})
+	loud := protocol.AppendFrame(nil, &protocol.Frame{Magic: protocol.MagicRequest, Opcode: protocol.OpDelVBucket})
 	var calls []*call
 	for _, r := range []struct {
 		frame []byte
 		op    protocol.Opcode
-	}{{setMeta, protocol.OpSetWithMeta}, {get, protocol.OpGet}, {setMeta, protocol.OpSetWithMeta}} {
-		cl, pc := p.queue(addr, 0, r.frame, r.op, w)
+	}{{setMeta, protocol.OpSetWithMeta}, {loud, protocol.OpDelVBucket}, {setMeta, protocol.OpSetWithMeta}} {
+		cl, pc := p.queue(addr, r.frame, r.op, w)
 		if pc == nil {
 			t.Fatalf("queue: %v", cl.err)
 		}
 		calls = append(calls, cl)
 	}
-	pc, _ := p.conn(addr, 0)
+	pc, _ := p.conn(addr, streamSlot)
 	start := time.Now()
 	pc.kick()
 	if !w.waitAll() || time.Since(start) > forwardTimeout/2 {

@@ -22,10 +22,10 @@ import (
 //     Copies travel in their quiet forms, SETQ_WITH_META and
 //     DELQ_WITH_META: the receiver answers only those it refuses, and a
 //     NOOP closing each write to it acknowledges the rest (peer.go).
-//   - Order: everything sent for one vbucket goes on one peer connection
-//     (the lane is the vbucket), and the write path holds the vbucket's
-//     lock from the store operation until its copy is queued; the backfill
-//     takes the same lock while it reads and queues each batch. So the
+//   - Order: every stream message goes on the peer's stream connection
+//     (peer.go), and the write path holds the vbucket's lock from the
+//     store operation until its copy is queued; the backfill takes the
+//     same lock while it reads and queues each batch. So the
 //     receiver applies a vbucket's copies in the order the active made
 //     them, and a backfilled item never overtakes a newer write.
 //   - Receivers apply copies only if newer by CAS (store.SetWithMeta), and
@@ -125,7 +125,7 @@ func (c *conn) replicate(req *protocol.Request, rt *routes, vb uint16) {
 		for _, t := range rt.targets[vb] {
 			addr := rt.m.Servers[t].KV
 			r.start(vb, rt.m.Servers[t].Name, addr)
-			cl := c.send(addr, uint64(vb), c.scratch, op)
+			cl := c.send(addr, c.scratch, op)
 			if r.sync || cl.behind {
 				c.calls = append(c.calls, cl)
 			}
@@ -236,7 +236,7 @@ func (r *replicator) start(vb uint16, name, addr string) {
 		return
 	}
 	r.started[k] = true
-	r.srv.peers.send(addr, uint64(vb), protocol.AppendFrame(nil, &protocol.Frame{
+	r.srv.peers.send(addr, protocol.AppendFrame(nil, &protocol.Frame{
 		Magic: protocol.MagicRequest, Opcode: protocol.OpDelVBucket, VBucket: vb,
 	}), protocol.OpDelVBucket, nil)
 }
