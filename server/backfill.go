@@ -22,7 +22,8 @@ const (
 // run keeps the streams in step with the map until ctx ends: for each new
 // map it forgets streams the map no longer asks for, drops the copies of
 // vbuckets this node has just left the chain of, backfills new streams and
-// reports ready once all are backfilled.
+// reports ready once all are backfilled. Streams lost starts over are
+// backfilled again under the same map.
 func (r *replicator) run(ctx context.Context, cl Cluster) {
 	var prev *routes
 	var doneRev int64
@@ -31,7 +32,8 @@ func (r *replicator) run(ctx context.Context, cl Cluster) {
 		cl.WaitMap(wctx, doneRev)
 		cancel()
 		rt := r.srv.router.get()
-		if rt == nil || rt.m.Rev == doneRev {
+		redo := r.redo.Swap(false)
+		if rt == nil || rt.m.Rev == doneRev && !redo {
 			continue
 		}
 		if prev != nil && prev.m != rt.m {

@@ -109,6 +109,11 @@ type peers struct {
 	log      *slog.Logger
 	refusals sometimes // limits the warnings about peers refusing auth
 
+	// streamLost, if set, is told the address of a peer whose stream
+	// connection failed with stream messages unacknowledged (see
+	// replicator.lost). Set before the first send.
+	streamLost func(addr string)
+
 	mu     sync.Mutex // guards conns and closed
 	conns  map[string]*[peerConns]*peerConn
 	closed bool
@@ -171,6 +176,9 @@ func (p *peers) conn(addr string, i int) (*peerConn, error) {
 			return nil, err
 		}
 		pc = &peerConn{addr: addr, slot: i, log: p.log, refusals: &p.refusals, wake: make(chan struct{}, 1), start: time.Now()}
+		if i == streamSlot {
+			pc.lost = p.streamLost
+		}
 		slots[i] = pc
 		p.wg.Go(func() { pc.run(p.auth) })
 	}
@@ -222,8 +230,9 @@ type peerConn struct {
 	refusals *sometimes    // the pool's: limits warnings about refusals
 	wake     chan struct{} // tells the writer there is output; capacity 1
 	start    time.Time
-	slot     int         // its index in the pool's slots for addr
-	dead     atomic.Bool // err is set: callers need not take mu to know
+	slot     int               // its index in the pool's slots for addr
+	lost     func(addr string) // the pool's streamLost, on a stream connection
+	dead     atomic.Bool       // err is set: callers need not take mu to know
 
 	mu  sync.Mutex // guards the fields below
 	nc  net.Conn
@@ -269,6 +278,9 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 		err := pc.err
 		pc.mu.Unlock()
 		c.complete(nil, err)
+		if isCopy(op) {
+			pc.streamLost(err)
+		}
 		return
 	}
 	if isCopy(op) {
@@ -357,6 +369,7 @@ func (pc *peerConn) fail(err error) {
 	pc.err, pc.errAt = err, time.Now()
 	pc.dead.Store(true)
 	pending := pc.pending[pc.head:]
+	copies := pc.copies
 	pc.pending, pc.head, pc.out, pc.copies = nil, 0, nil, 0
 	nc := pc.nc
 	pc.mu.Unlock()
@@ -368,7 +381,21 @@ func (pc *peerConn) fail(err error) {
 			c.complete(nil, err)
 		}
 	}
+	if copies > 0 {
+		pc.streamLost(err)
+	}
 	pc.kick() // so the writer sees the error and returns
+}
+
+// streamLost reports that stream messages failed on pc with err, so that
+// the streams they belong to start over (replicator.lost): the peer may
+// not have applied them, and later ones would leave a gap. Not when the
+// peer left the map or this node is closing: then the streams end. On a
+// goroutine of its own: a caller may hold a vbucket's lock, or the pool's.
+func (pc *peerConn) streamLost(err error) {
+	if pc.lost != nil && !errors.Is(err, errPeerGone) && !errors.Is(err, errPeerClosed) {
+		go pc.lost(pc.addr)
+	}
 }
 
 // run dials, shakes hands, then writes queued requests until the

@@ -71,6 +71,10 @@ type replicator struct {
 	vbStarted    [][]string
 	vbStartedGen []uint64
 	gen          atomic.Uint64
+
+	// redo asks run to backfill again, for streams lost forgot.
+	redo         atomic.Bool
+	lostWarnings sometimes
 }
 
 func newReplicator(s *Server, n int, syncRepl bool) *replicator {
@@ -87,6 +91,42 @@ func newReplicator(s *Server, n int, syncRepl bool) *replicator {
 func (r *replicator) forget(k streamKey) {
 	delete(r.started, k)
 	r.gen.Add(1)
+}
+
+// lost starts every stream to the node at addr over: a connection to it
+// failed with stream messages unacknowledged, which it may not have
+// applied. The next write to each vbucket resets the stream, and run
+// backfills it again, so the copies the node missed reach it, even those
+// of writes acknowledged meanwhile.
+func (r *replicator) lost(addr string) {
+	rt := r.srv.router.get()
+	if rt == nil {
+		return
+	}
+	names := map[string]bool{}
+	for _, s := range rt.m.Servers {
+		if s.KV == addr {
+			names[s.Name] = true
+		}
+	}
+	r.mu.Lock()
+	n := 0
+	for k := range r.started {
+		if names[k.name] {
+			r.forget(k)
+			delete(r.backfilled, k)
+			n++
+		}
+	}
+	r.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	r.redo.Store(true)
+	if ok, suppressed := r.lostWarnings.allow(warnEvery); ok {
+		r.srv.log.Warn("streams to a peer start over: a connection to it failed with copies unacknowledged",
+			"peer", addr, "streams", n, "restarts_since_last_warning", suppressed)
+	}
 }
 
 // mutates reports whether op changes an item, so that its vbucket's

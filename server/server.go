@@ -216,6 +216,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Cluster != nil {
 		s.repl = newReplicator(s, cfg.VBuckets, !cfg.AsyncReplication)
+		s.peers.streamLost = s.repl.lost
 		ctx, cancel := context.WithCancel(context.Background())
 		s.stopRepl = cancel
 		s.replDone.Go(func() { s.repl.run(ctx, cfg.Cluster) })
