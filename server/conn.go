@@ -79,6 +79,13 @@ type conn struct {
 	// park says who may touch the connection meanwhile (see loopParked).
 	lio  *loopIO
 	park atomic.Int32
+	// parkedAt is when the loop last parked the connection, and listed
+	// says it is in the loop's parked; both belong to the loop. expire,
+	// if set, is when the batch's wait for other nodes ends, for a batch
+	// that spent part of forwardTimeout parked (see assemble).
+	parkedAt time.Time
+	listed   bool
+	expire   time.Time
 	// frames counts the requests handleBuffered has handled.
 	frames int
 	// active is when an event loop last read from the connection, for

@@ -115,8 +115,16 @@ func (c *conn) assemble() {
 		return
 	}
 	// One wake-up when the last response arrives, rather than one per
-	// slot whose response is not in yet.
-	c.waiter().waitAll()
+	// slot whose response is not in yet; and one forwardTimeout for the
+	// batch, not one per call (an event loop may have spent it already,
+	// see checkParked).
+	d := forwardTimeout
+	if !c.expire.IsZero() {
+		d, c.expire = max(time.Until(c.expire), 0), time.Time{}
+	}
+	if !c.waiter().waitAllFor(d) {
+		c.expireCalls()
+	}
 	out := c.spare[:0]
 	prev := 0
 	for i := range c.slots {
@@ -140,6 +148,26 @@ func (c *conn) assemble() {
 		c.held = nil
 	}
 	c.held = c.held[:0]
+}
+
+// expireCalls marks the batch's calls that are not complete as expired:
+// resolve fills their slots without waiting again.
+func (c *conn) expireCalls() {
+	expire := func(cl *call) {
+		if cl != nil && !cl.done.Load() {
+			cl.expired = true
+		}
+	}
+	for i := range c.slots {
+		s := &c.slots[i]
+		expire(s.call)
+		for _, cl := range s.fan {
+			expire(cl)
+		}
+		for _, cl := range s.repl {
+			expire(cl)
+		}
+	}
 }
 
 // settled reports whether assemble can fill every slot without waiting,

@@ -97,6 +97,11 @@ type eventLoop struct {
 	// when it next looks for idle connections. A read deadline on file at
 	// sweepAt wakes an idle loop for that.
 	now, sweepAt time.Time
+	// parked are the connections parked since the loop last looked at
+	// them, and checkAt when it next will, if any are (see checkParked);
+	// the deadline on file is also set for that.
+	parked  []*conn
+	checkAt time.Time
 }
 
 // Parking. A connection whose batch waits for other nodes stays on its
@@ -108,6 +113,11 @@ type eventLoop struct {
 // forwarding node with one request in flight so costs no goroutine of its
 // own, nor the wake-ups of one, per request. A peer that stops answering
 // fails its connection (peerConn.watch), which completes the calls.
+//
+// A parked connection has no timer of its own. Once a second, while any
+// are parked, the loop looks for those parked longer than forwardTimeout
+// and moves them to goroutines, which wait for what is left with timers as
+// any goroutine does (checkParked).
 //
 // conn.park says who may touch a connection of a loop:
 const (
@@ -301,6 +311,11 @@ func (l *eventLoop) run() {
 		if idle > 0 && !l.now.Before(l.sweepAt) {
 			l.sweep(idle)
 		}
+		if !l.checkAt.IsZero() {
+			if now := time.Now(); !now.Before(l.checkAt) {
+				l.checkParked(now)
+			}
+		}
 	}
 	l.closeAll()
 }
@@ -314,7 +329,49 @@ func sweepEvery(timeout time.Duration) time.Duration {
 // armSweep schedules the next sweep.
 func (l *eventLoop) armSweep(timeout time.Duration) {
 	l.sweepAt = l.now.Add(sweepEvery(timeout))
-	l.file.SetReadDeadline(l.sweepAt)
+	l.arm()
+}
+
+// arm sets the deadline of the loop's wait to the next sweep or the next
+// look at parked connections, whichever comes first.
+func (l *eventLoop) arm() {
+	at := l.sweepAt
+	if !l.checkAt.IsZero() && (at.IsZero() || l.checkAt.Before(at)) {
+		at = l.checkAt
+	}
+	l.file.SetReadDeadline(at)
+}
+
+// parkCheck is how often a loop looks at its parked connections.
+const parkCheck = time.Second
+
+// checkParked moves the connections parked longer than forwardTimeout to
+// goroutines of their own: their calls still wait, and no one would
+// answer their clients otherwise if the peer never does. A connection
+// whose calls complete meanwhile is resumed as usual; the waiter decides
+// which comes first.
+func (l *eventLoop) checkParked(now time.Time) {
+	keep := l.parked[:0]
+	for _, c := range l.parked {
+		switch c.park.Load() {
+		case loopParked, loopPending:
+			if now.Sub(c.parkedAt) >= forwardTimeout && c.peerWait.on.CompareAndSwap(resumeAll, nil) {
+				c.listed = false // resume will not run: c is the loop's
+				c.expire = c.parkedAt.Add(forwardTimeout)
+				l.handOff(c, false)
+				continue
+			}
+			keep = append(keep, c)
+		default: // given back, ended or handed off
+			c.listed = false
+		}
+	}
+	clear(l.parked[len(keep):])
+	l.parked, l.checkAt = keep, time.Time{}
+	if len(keep) > 0 {
+		l.checkAt = now.Add(parkCheck)
+	}
+	l.arm()
 }
 
 // sweep closes the client connections that have sent nothing for timeout
@@ -427,6 +484,15 @@ func (l *eventLoop) event(c *conn, hup bool) {
 // completes the batch's last call; see Parking above. more says c may have
 // input left unread.
 func (l *eventLoop) park(c *conn, more bool) {
+	c.parkedAt = time.Now()
+	if !c.listed {
+		c.listed = true
+		l.parked = append(l.parked, c)
+	}
+	if l.checkAt.IsZero() {
+		l.checkAt = c.parkedAt.Add(parkCheck)
+		l.arm()
+	}
 	st := loopParked
 	if more {
 		st = loopPending

@@ -80,9 +80,13 @@ type call struct {
 	// up. Set by queue, for its caller.
 	behind bool
 	queued time.Duration // when its write began to fill, after its peerConn's start; if copy
-	w      *waiter       // nil: no one waits
-	resp   []byte        // the whole response frame; owned by the call
-	err    error
+	// expired says its caller's batch waited out forwardTimeout for it
+	// already: waiting for it again returns at once. Only the caller's
+	// goroutine uses it.
+	expired bool
+	w       *waiter // nil: no one waits
+	resp    []byte  // the whole response frame; owned by the call
+	err     error
 }
 
 // newCall returns a pending call of w's (w may be nil).
@@ -451,16 +455,35 @@ func (pc *peerConn) run(auth *PeerAuth) {
 	}
 }
 
-// peerStallCheck is how often a peer connection's watchdog looks for a
-// stall (see watch).
-const peerStallCheck = time.Second
+const (
+	// peerStallCheck is how often a peer connection's watchdog looks for
+	// a stall (see watch).
+	peerStallCheck = time.Second
+	// streamStall is the stall a stream connection is allowed. A receiver
+	// answers nothing while it empties vbuckets for DEL_VBUCKET, a scan of
+	// its whole store that may take seconds on a large one; failing the
+	// connection then would start every stream over (replicator.lost),
+	// with another scan. A receiver that is gone is failed over by
+	// membership in seconds, which ends its connections first.
+	streamStall = time.Minute
+)
 
-// watch fails the connection once requests have waited forwardTimeout
-// with no response at all, until stop is closed. Responses come in order,
-// so every request behind an unanswered one waits as long: the peer is
-// stuck or gone. Failing completes the calls, which event loops' parked
-// connections wait for (see eventLoop.park) without a timer of their own.
+// stallLimit is how long requests may wait on pc with no response at all
+// before watch fails it.
+func (pc *peerConn) stallLimit() time.Duration {
+	if pc.slot == streamSlot {
+		return streamStall
+	}
+	return forwardTimeout
+}
+
+// watch fails the connection once requests have waited stallLimit with no
+// response at all, until stop is closed. Responses come in order, so every
+// request behind an unanswered one waits as long: the peer is stuck or
+// gone. Failing completes the calls, which event loops' parked connections
+// wait for (see eventLoop.park) without a timer of their own.
 func (pc *peerConn) watch(stop <-chan struct{}) {
+	limit := pc.stallLimit()
 	t := time.NewTicker(peerStallCheck)
 	defer t.Stop()
 	// since is a tick when nothing waited, or the last seen progress: a
@@ -479,8 +502,8 @@ func (pc *peerConn) watch(stop <-chan struct{}) {
 		switch {
 		case !waiting || answers != seen:
 			since, seen = now, answers
-		case now.Sub(since) >= forwardTimeout+peerStallCheck:
-			pc.fail(fmt.Errorf("server: peer %s answered nothing for %v: %w", pc.addr, forwardTimeout, errForwardTimeout))
+		case now.Sub(since) >= limit+peerStallCheck:
+			pc.fail(fmt.Errorf("server: peer %s answered nothing for %v: %w", pc.addr, limit, errForwardTimeout))
 			return
 		}
 	}

@@ -73,11 +73,14 @@ func (w *waiter) resumeOnce() {
 }
 
 // wait returns a call's response, or an error if it failed or took longer
-// than forwardTimeout.
+// than forwardTimeout, or has already timed out (see call.expired).
 func (w *waiter) wait(cl *call) ([]byte, error) {
 	if !cl.done.Load() {
+		if cl.expired {
+			return nil, errForwardTimeout
+		}
 		w.on.Store(cl)
-		if !w.block(cl.done.Load) {
+		if !w.block(cl.done.Load, forwardTimeout) {
 			return nil, errForwardTimeout
 		}
 	}
@@ -86,22 +89,25 @@ func (w *waiter) wait(cl *call) ([]byte, error) {
 
 // waitAll waits until every call made so far is complete, or for
 // forwardTimeout, and reports whether they all completed.
-func (w *waiter) waitAll() bool {
+func (w *waiter) waitAll() bool { return w.waitAllFor(forwardTimeout) }
+
+// waitAllFor is waitAll waiting at most d.
+func (w *waiter) waitAllFor(d time.Duration) bool {
 	if w.pending.Load() == 0 {
 		return true
 	}
 	w.on.Store(allCalls)
-	return w.block(func() bool { return w.pending.Load() == 0 })
+	return w.block(func() bool { return w.pending.Load() == 0 }, d)
 }
 
-// block waits for signals until done reports true, for at most
-// forwardTimeout; w.on says what the signals are for.
-func (w *waiter) block(done func() bool) bool {
+// block waits for signals until done reports true, for at most d; w.on
+// says what the signals are for.
+func (w *waiter) block(done func() bool, d time.Duration) bool {
 	defer w.on.Store(nil)
 	if done() { // completed between the caller's check and w.on's store
 		return true
 	}
-	w.timer.Reset(forwardTimeout)
+	w.timer.Reset(d)
 	defer w.timer.Stop()
 	for !done() {
 		select {
