@@ -519,13 +519,7 @@ func (c *conn) resume() {
 	}
 	c.assemble()
 	c.recycleCalls()
-	switch done, err := c.writeNow(); {
-	case err != nil:
-		l.srv.log.Debug("write failed", "peer", c.nc.RemoteAddr(), "err", err)
-		l.end(c)
-		return
-	case !done:
-		l.handOff(c, false)
+	if !l.write(c) {
 		return
 	}
 	for !c.park.CompareAndSwap(loopParked, loopServed) {
@@ -598,15 +592,10 @@ func (l *eventLoop) step(c *conn, hup bool) {
 		}
 		c.kickPeers() // copies of async replication owe no response
 		c.recycleCalls()
-		done, err := c.writeNow()
+		if !l.write(c) {
+			return
+		}
 		switch {
-		case err != nil:
-			l.srv.log.Debug("write failed", "peer", c.nc.RemoteAddr(), "err", err)
-			l.end(c)
-			return
-		case !done:
-			l.handOff(c, false)
-			return
 		case l.srv.closing.Load():
 			l.end(c)
 			return
@@ -618,6 +607,23 @@ func (l *eventLoop) step(c *conn, hup bool) {
 		}
 	}
 	l.again = append(l.again, c) // the buffer filled each time: more waits
+}
+
+// write writes c's responses without blocking and reports whether c is
+// still the loop's: a failed write ends c, and one the socket does not
+// take in full moves c to a goroutine, which writes the rest.
+func (l *eventLoop) write(c *conn) bool {
+	done, err := c.writeNow()
+	switch {
+	case err != nil:
+		l.srv.log.Debug("write failed", "peer", c.nc.RemoteAddr(), "err", err)
+		l.end(c)
+		return false
+	case !done:
+		l.handOff(c, false)
+		return false
+	}
+	return true
 }
 
 // writeNow writes wbuf without blocking and reports whether all of it
