@@ -111,13 +111,12 @@ type eventLoop struct {
 // with resume: it puts the responses in order and writes them without
 // blocking, then gives the connection back to the loop. A client of a
 // forwarding node with one request in flight so costs no goroutine of its
-// own, nor the wake-ups of one, per request. A peer that stops answering
-// fails its connection (peerConn.watch), which completes the calls.
+// own, nor the wake-ups of one, per request.
 //
 // A parked connection has no timer of its own. Once a second, while any
 // are parked, the loop looks for those parked longer than forwardTimeout
-// and moves them to goroutines, which wait for what is left with timers as
-// any goroutine does (checkParked).
+// and moves them to goroutines, which spend what is left of it waiting
+// with a timer, as any goroutine does (checkParked).
 //
 // conn.park says who may touch a connection of a loop:
 const (

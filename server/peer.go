@@ -480,8 +480,8 @@ func (pc *peerConn) stallLimit() time.Duration {
 // watch fails the connection once requests have waited stallLimit with no
 // response at all, until stop is closed. Responses come in order, so every
 // request behind an unanswered one waits as long: the peer is stuck or
-// gone. Failing completes the calls, which event loops' parked connections
-// wait for (see eventLoop.park) without a timer of their own.
+// gone. Failing completes the calls with errForwardTimeout, frees what the
+// connection holds, and has the next request dial anew.
 func (pc *peerConn) watch(stop <-chan struct{}) {
 	limit := pc.stallLimit()
 	t := time.NewTicker(peerStallCheck)
