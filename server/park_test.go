@@ -274,3 +274,93 @@ func TestAsyncBackPressure(t *testing.T) {
 		t.Fatal("no write waited for its copy")
 	})
 }
+
+// movingCluster is a Cluster whose map the test replaces.
+type movingCluster struct {
+	name    string
+	mu      sync.Mutex
+	m       *vbucket.Map
+	changed chan struct{} // closed when m is replaced
+}
+
+func newMovingCluster(name string, m *vbucket.Map) *movingCluster {
+	return &movingCluster{name: name, m: m, changed: make(chan struct{})}
+}
+
+func (c *movingCluster) Name() string { return c.name }
+
+func (c *movingCluster) Map() *vbucket.Map {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m
+}
+
+func (c *movingCluster) WaitMap(ctx context.Context, after int64) *vbucket.Map {
+	for {
+		c.mu.Lock()
+		m, changed := c.m, c.changed
+		c.mu.Unlock()
+		if m.Rev > after {
+			return m
+		}
+		select {
+		case <-ctx.Done():
+			return m
+		case <-changed:
+		}
+	}
+}
+
+func (c *movingCluster) set(m *vbucket.Map) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = m
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// TestLeavingOwnerAnswers: a request forwarded to an owner that then
+// leaves the map gets that owner's answer, which arrives after the map
+// changed, rather than a failure: the connection to a departed node stays
+// open for the answers it owes (peers.retain).
+func TestLeavingOwnerAnswers(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mod func(*Config)) {
+		owner, received, release := heldPeer(t)
+		const n = 16
+		mapOwnedBy := func(rev int64, kv string) *vbucket.Map {
+			rows := make([][]int, n)
+			for i := range rows {
+				rows[i] = []int{1}
+			}
+			return &vbucket.Map{Rev: rev, VBuckets: rows,
+				Servers: []vbucket.Server{{Name: "a", KV: "127.0.0.1:1"}, {Name: "b", KV: kv}}}
+		}
+		cl := newMovingCluster("a", mapOwnedBy(1, owner))
+		srv, addr := testServer(t, func(cfg *Config) {
+			cfg.Cluster, cfg.VBuckets = cl, n
+			if mod != nil {
+				mod(cfg)
+			}
+		})
+		c := dial(t, addr)
+		c.send(frame(protocol.OpGet, "k", "", nil, 4, 0))
+		expectKey(t, received, "k")
+		// The owner leaves: another node, never asked, holds everything.
+		cl.set(mapOwnedBy(2, "127.0.0.1:2"))
+		waitFor(t, func() bool { return len(srv.peers.lag()) == 0 })
+		release <- struct{}{}
+		if res := c.read(); res.Opaque != 4 || res.Status() != protocol.StatusOK || string(res.Value) != "value of k" {
+			t.Fatalf("opaque %d status 0x%02x value %q, want the departed owner's answer", res.Opaque, res.Status(), res.Value)
+		}
+		waitFor(t, func() bool {
+			srv.peers.mu.Lock()
+			defer srv.peers.mu.Unlock()
+			for _, pc := range srv.peers.retired {
+				if !pc.failed() {
+					return false
+				}
+			}
+			return true
+		})
+	})
+}

@@ -118,10 +118,13 @@ type peers struct {
 	// replicator.lost). Set before the first send.
 	streamLost func(addr string)
 
-	mu     sync.Mutex // guards conns and closed
-	conns  map[string]*[peerConns]*peerConn
-	closed bool
-	wg     sync.WaitGroup // every peer connection's goroutines
+	mu    sync.Mutex // guards conns, retired and closed
+	conns map[string]*[peerConns]*peerConn
+	// retired are connections to nodes that left the map, which close
+	// soon (see retain).
+	retired []*peerConn
+	closed  bool
+	wg      sync.WaitGroup // every peer connection's goroutines
 }
 
 func newPeers(auth *PeerAuth, log *slog.Logger) *peers {
@@ -190,19 +193,28 @@ func (p *peers) conn(addr string, i int) (*peerConn, error) {
 	return pc, nil
 }
 
-// retain closes and forgets the connections to every peer not in keep:
-// nodes that left the map. Their pending calls fail, and they no longer
-// show in lag.
+// retireGrace is how long a connection to a node that left the map stays
+// open for the answers to the requests already sent on it.
+const retireGrace = time.Second
+
+// retain forgets the connections to every peer not in keep: nodes that
+// left the map. They no longer show in lag, and new requests never use
+// them. Each closes once nothing is pending on it, or after retireGrace:
+// a node that leaves gracefully answers what it has read, and its answers
+// are as good as they were before the map changed. Calls still pending
+// then fail.
 func (p *peers) retain(keep map[string]bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.retired = slices.DeleteFunc(p.retired, (*peerConn).failed)
 	for addr, slots := range p.conns {
 		if keep[addr] {
 			continue
 		}
 		for _, pc := range slots {
-			if pc != nil {
-				pc.fail(errPeerGone)
+			if pc != nil && !pc.failed() {
+				pc.retire()
+				p.retired = append(p.retired, pc)
 			}
 		}
 		delete(p.conns, addr)
@@ -220,6 +232,9 @@ func (p *peers) close() {
 				pc.fail(errPeerClosed)
 			}
 		}
+	}
+	for _, pc := range p.retired {
+		pc.fail(errPeerClosed)
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
@@ -253,6 +268,7 @@ type peerConn struct {
 	outAt      time.Duration
 	outStamped bool
 	answers    uint64    // responses read, for watch
+	retiring   bool      // the peer left the map: close once nothing is pending
 	err        error     // set once; the connection is then dead
 	errAt      time.Time // when err was set
 }
@@ -342,6 +358,21 @@ func (pc *peerConn) endQuiet() {
 	pc.out = append(pc.out, noop...)
 	binary.BigEndian.PutUint32(pc.out[at+12:], pc.opaque)
 	pc.pending = append(pc.pending, nil) // no one waits for it
+}
+
+// retire closes the connection once no call is pending on it (see
+// answered), or after retireGrace, failing what is still pending with
+// errPeerGone.
+func (pc *peerConn) retire() {
+	pc.mu.Lock()
+	idle := pc.head == len(pc.pending)
+	pc.retiring = true
+	pc.mu.Unlock()
+	if idle {
+		pc.fail(errPeerGone)
+		return
+	}
+	time.AfterFunc(retireGrace, func() { pc.fail(errPeerGone) })
 }
 
 // refused fails the connection with err, an errPeerAuth, and warns, at
@@ -636,6 +667,9 @@ func (pc *peerConn) readLoop(br *bufio.Reader) {
 			if frame, err = readFrame(br); err != nil { // bad magic
 				err = fmt.Errorf("server: reading from peer %s: %w", pc.addr, err)
 			}
+		}
+		if err == nil && pc.retiring && pc.head == len(pc.pending) {
+			err = errPeerGone // every call answered: close (see retire)
 		}
 		pc.mu.Unlock()
 		complete()
