@@ -9,8 +9,12 @@ import (
 )
 
 const (
-	// backfillRetry is how soon an unfinished backfill is tried again.
-	backfillRetry = 200 * time.Millisecond
+	// backfillRetry is how soon an unfinished backfill is tried again; the
+	// delay doubles while tries fail, up to maxBackfillRetry, so that a
+	// peer that cannot be reached costs a scan of the store only now and
+	// then until the cluster fails it over.
+	backfillRetry    = 200 * time.Millisecond
+	maxBackfillRetry = 5 * time.Second
 	// backfillWindow bounds the backfill bytes queued for peers and not
 	// yet acknowledged: beyond it the backfill waits for the receivers to
 	// catch up. Copies wait in this node's memory until they are written,
@@ -26,10 +30,15 @@ const (
 // backfilled again under the same map.
 func (r *replicator) run(ctx context.Context, cl Cluster) {
 	var prev *routes
-	var doneRev int64
+	var doneRev int64       // the rev whose streams are all backfilled
+	var retry time.Duration // while a backfill is unfinished: the wait before the next try
 	for ctx.Err() == nil {
-		wctx, cancel := context.WithTimeout(ctx, backfillRetry)
-		cl.WaitMap(wctx, doneRev)
+		after, wait := doneRev, backfillRetry
+		if retry > 0 {
+			after, wait = prev.m.Rev, retry // a newer map is tried at once
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		cl.WaitMap(wctx, after)
 		cancel()
 		rt := r.srv.router.get()
 		redo := r.redo.Swap(false)
@@ -39,15 +48,19 @@ func (r *replicator) run(ctx context.Context, cl Cluster) {
 		if prev != nil && prev.m != rt.m {
 			r.dropLeft(prev, rt)
 			r.srv.peers.retain(rt.kvAddrs())
+			retry = 0
 		}
 		prev = rt
-		if r.backfill(ctx, rt) {
-			doneRev = rt.m.Rev
-			if rep, ok := cl.(readyReporter); ok {
-				rep.ReportReady(rt.m.Rev)
-			}
-			r.srv.log.Debug("streams backfilled", "rev", rt.m.Rev)
+		if !r.backfill(ctx, rt) {
+			// Not done, even if this rev was before streams were lost.
+			doneRev, retry = 0, min(max(2*retry, backfillRetry), maxBackfillRetry)
+			continue
 		}
+		doneRev, retry = rt.m.Rev, 0
+		if rep, ok := cl.(readyReporter); ok {
+			rep.ReportReady(rt.m.Rev)
+		}
+		r.srv.log.Debug("streams backfilled", "rev", rt.m.Rev)
 	}
 }
 
