@@ -691,7 +691,12 @@ func frameBuffered(br *bufio.Reader) bool {
 		return false
 	}
 	hdr, _ := br.Peek(protocol.HeaderLen)
-	return br.Buffered() >= protocol.HeaderLen+int(binary.BigEndian.Uint32(hdr[8:12]))
+	return br.Buffered() >= frameLen(hdr)
+}
+
+// frameLen returns the length of the frame whose header is hdr.
+func frameLen(hdr []byte) int {
+	return protocol.HeaderLen + int(binary.BigEndian.Uint32(hdr[8:12]))
 }
 
 // answered takes the calls frame answers off pending and appends them to
@@ -746,8 +751,7 @@ func readFrame(br *bufio.Reader) ([]byte, error) {
 	if hdr[0] != protocol.MagicResponse {
 		return nil, protocol.ErrBadMagic
 	}
-	n := protocol.HeaderLen + int(binary.BigEndian.Uint32(hdr[8:12]))
-	frame := make([]byte, n)
+	frame := make([]byte, frameLen(hdr))
 	if _, err := io.ReadFull(br, frame); err != nil {
 		return nil, err
 	}
