@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# cluster-cpu.sh: the CPU each node of a 3-node local cluster spends per
+# request, for A/B comparisons of builds on the cluster paths (BENCHMARKS.md,
+# "Parking"). bench.sh gives the issue's verdict; this gives the per-node
+# split and the system calls and context switches behind it.
+#
+#   scripts/cluster-cpu.sh [loadgen flags...]
+#
+# It starts 3 nodes on 127.0.0.1 (ports 16200-16202, gossip 17100-17102,
+# HTTP 18100-18102), stores 100,000 keys through the owner with loadgen's
+# load mode, runs loadgen for 10 s against ADDR, and prints ops/s and, for
+# each node, CPU µs per request (utime + stime from /proc/PID/stat over the
+# 6 s in the middle of the run), then reads, writes and voluntary context
+# switches per 1,000 requests. Examples:
+#
+#   REPLICAS=0 OWNER=127.0.0.1:16201 scripts/cluster-cpu.sh -conns 16 -depth 1   # forwarded, A to B
+#   scripts/cluster-cpu.sh -conns 16 -depth 16 -get-ratio 0                      # sync-replicated SETs
+#   PIN=1 scripts/cluster-cpu.sh -conns 16 -depth 16 -get-ratio 0                # nodes on CPU 0, loadgen on CPU 1
+#
+# Needs curl and jq (as bench.sh does).
+#
+# Environment:
+#   NODE_BIN   node binary (default: built from ./cmd/node)
+#   REPLICAS   -replicas of every node (1)
+#   ADDR       node loadgen talks to (127.0.0.1:16200)
+#   OWNER      node whose keys loadgen uses (127.0.0.1:16200)
+#   PIN        1: pin the nodes to CPU 0 and loadgen to CPU 1 (0)
+#   NODE_ENV   extra environment for the nodes, e.g. GOMAXPROCS=1
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+REPLICAS=${REPLICAS:-1}
+ADDR=${ADDR:-127.0.0.1:16200}
+OWNER=${OWNER:-127.0.0.1:16200}
+PIN=${PIN:-0}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null && wait "${pids[@]}" 2>/dev/null
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [[ -z ${NODE_BIN:-} ]]; then
+	go build -o "$work/node" ./cmd/node
+	NODE_BIN=$work/node
+fi
+go build -o "$work/loadgen" ./cmd/loadgen
+node_pin=() lg_pin=()
+if [[ $PIN == 1 ]]; then
+	node_pin=(taskset -c 0) lg_pin=(taskset -c 1)
+fi
+
+for i in 0 1 2; do
+	join=()
+	((i > 0)) && join=(-join 127.0.0.1:17100)
+	env ${NODE_ENV:-} "${node_pin[@]}" "$NODE_BIN" -listen 127.0.0.1:1620$i -gossip 127.0.0.1:1710$i \
+		-http 127.0.0.1:1810$i -name n$i -replicas "$REPLICAS" "${join[@]}" -log-level warn >"$work/n$i.log" 2>&1 &
+	pids+=($!)
+done
+# Wait until every node sees the same map of all three, with nothing moving.
+settled() {
+	local i views=()
+	for i in 0 1 2; do
+		views+=("$(curl -fsS --max-time 2 "http://127.0.0.1:1810$i/cluster" 2>/dev/null | jq -r \
+			'[.rev, ((.map.servers // []) | length), ((.map.forward // []) | length),
+			  (.progress.vbuckets_moving // 0)] | map(tostring) | join(" ")' 2>/dev/null)")
+	done
+	[[ ${views[0]} == "${views[1]}" && ${views[0]} == "${views[2]}" && ${views[0]} == *" 3 0 0" ]]
+}
+for _ in $(seq 120); do
+	settled && break
+	sleep 0.5
+done
+settled || { echo "cluster-cpu: the cluster did not settle in 60 s" >&2; exit 1; }
+"$work/loadgen" -mode load -items 100000 -addr "$OWNER" -owner "$OWNER" >"$work/prefill.txt" 2>&1 ||
+	{ cat "$work/prefill.txt" >&2; exit 1; }
+
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+io() {
+	awk '/^syscr/{r=$2} /^syscw/{w=$2} END{printf "%s %s ", r, w}' "/proc/$1/io"
+	cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/{v+=$2} END{print v}'
+}
+GOMAXPROCS=1 "${lg_pin[@]}" "$work/loadgen" -addr "$ADDR" -owner "$OWNER" -duration 10s -warmup 1s \
+	-keys 100000 -prefill=false "$@" >"$work/run.txt" 2>&1 &
+lg=$!
+sleep 4
+c0=() s0=()
+for i in 0 1 2; do c0[i]=$(cpu "${pids[i]}") s0[i]=$(io "${pids[i]}"); done
+sleep 6
+c1=() s1=()
+for i in 0 1 2; do c1[i]=$(cpu "${pids[i]}") s1[i]=$(io "${pids[i]}"); done
+wait $lg || { cat "$work/run.txt"; exit 1; }
+rate=$(awk '/^measured/{print $(NF-1)}' "$work/run.txt")
+hz=$(getconf CLK_TCK)
+echo "loadgen $* against $ADDR (keys of $OWNER), replicas $REPLICAS, pinned $PIN: $rate ops/s"
+total=0
+for i in 0 1 2; do
+	ticks=$((c1[i] - c0[i]))
+	total=$((total + ticks))
+	read -r r0 w0 v0 <<<"${s0[i]}"
+	read -r r1 w1 v1 <<<"${s1[i]}"
+	awk -v n="n$i" -v t="$ticks" -v hz="$hz" -v r="$rate" -v dr=$((r1 - r0)) -v dw=$((w1 - w0)) -v dv=$((v1 - v0)) \
+		'BEGIN{printf "  %s: %.2f µs/op; per 1k ops: %.0f reads, %.0f writes, %.0f context switches\n",
+			n, t * 1e6 / hz / (r * 6), dr * 1000 / (r * 6), dw * 1000 / (r * 6), dv * 1000 / (r * 6)}'
+done
+awk -v t="$total" -v hz="$hz" -v r="$rate" 'BEGIN{printf "  total: %.2f µs/op\n", t * 1e6 / hz / (r * 6)}'
