@@ -93,9 +93,10 @@ type eventLoop struct {
 	n      int   // events from the last epoll_wait
 	errno  error // its error
 	waitFn func(uintptr) bool
-	// With Config.IdleTimeout: now is when the loop last woke, and sweepAt
-	// when it next looks for idle connections. A read deadline on file at
-	// sweepAt wakes an idle loop for that.
+	// With Config.IdleTimeout, or while connections are parked (checkAt
+	// set): now is when the loop last woke. sweepAt is when it next looks
+	// for idle connections; a read deadline on file at sweepAt wakes an
+	// idle loop for that.
 	now, sweepAt time.Time
 	// parked are the connections parked since the loop last looked at
 	// them, and checkAt when it next will, if any are (see checkParked);
@@ -286,7 +287,7 @@ func (l *eventLoop) run() {
 			l.srv.log.Error("event loop failed", "err", os.NewSyscallError("epoll_wait", l.errno))
 			break
 		}
-		if idle > 0 {
+		if idle > 0 || !l.checkAt.IsZero() {
 			l.now = time.Now()
 		}
 		l.next, l.again = l.again, l.next[:0]
@@ -310,10 +311,8 @@ func (l *eventLoop) run() {
 		if idle > 0 && !l.now.Before(l.sweepAt) {
 			l.sweep(idle)
 		}
-		if !l.checkAt.IsZero() {
-			if now := time.Now(); !now.Before(l.checkAt) {
-				l.checkParked(now)
-			}
+		if !l.checkAt.IsZero() && !l.now.Before(l.checkAt) {
+			l.checkParked(l.now)
 		}
 	}
 	l.closeAll()
@@ -483,14 +482,17 @@ func (l *eventLoop) event(c *conn, hup bool) {
 // completes the batch's last call; see Parking above. more says c may have
 // input left unread.
 func (l *eventLoop) park(c *conn, more bool) {
-	c.parkedAt = time.Now()
+	if l.checkAt.IsZero() {
+		// The first parked connection: from now on the loop reads the
+		// clock as it wakes, until none is parked.
+		l.now = time.Now()
+		l.checkAt = l.now.Add(parkCheck)
+		l.arm()
+	}
+	c.parkedAt = l.now // when this round began
 	if !c.listed {
 		c.listed = true
 		l.parked = append(l.parked, c)
-	}
-	if l.checkAt.IsZero() {
-		l.checkAt = c.parkedAt.Add(parkCheck)
-		l.arm()
 	}
 	st := loopParked
 	if more {
