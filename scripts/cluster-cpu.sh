@@ -17,7 +17,8 @@
 #   scripts/cluster-cpu.sh -conns 16 -depth 16 -get-ratio 0                      # sync-replicated SETs
 #   PIN=1 scripts/cluster-cpu.sh -conns 16 -depth 16 -get-ratio 0                # nodes on CPU 0, loadgen on CPU 1
 #
-# Needs curl and jq (as bench.sh does).
+# Needs curl and jq, and installs them with apt-get if missing, as bench.sh
+# does.
 #
 # Environment:
 #   NODE_BIN   node binary (default: built from ./cmd/node)
@@ -40,6 +41,17 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+
+missing=()
+for tool in curl jq; do
+	command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+	sudo=()
+	((EUID == 0)) || sudo=(sudo)
+	"${sudo[@]}" apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 if [[ -z ${NODE_BIN:-} ]]; then
 	go build -o "$work/node" ./cmd/node
