@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -51,6 +52,7 @@ type options struct {
 	logFormat    string
 	showVersion  bool
 	drainTimeout time.Duration
+	procs        int
 
 	gossip      string
 	gossipKey   gossipKey
@@ -117,6 +119,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error; nothing is logged per request above debug")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text (logfmt) or json, one object a line")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "how long SIGINT/SIGTERM may take: handing vbuckets over (cluster mode), then finishing in-flight requests")
+	fs.IntVar(&o.procs, "procs", 0, "CPUs that run the node's code at once (GOMAXPROCS), one event loop each; 0: one less than the CPUs available, at least 1 (or $GOMAXPROCS if set), leaving a CPU to the kernel's network stack and the clients beside the node")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	fs.StringVar(&o.gossip, "gossip", "", "`host:port` for memberlist gossip (TCP and UDP); setting it turns cluster mode on")
 	fs.Var(&o.gossipKey, "gossip-key", "encrypt and authenticate gossip with this `key`: base64 of 16, 24 or 32 random bytes (AES-128/192/256), the same on every node; a node with another key, or none, cannot join. Make one with: head -c 32 /dev/urandom | base64")
@@ -206,6 +209,9 @@ func (o *options) check() error {
 	if o.idleTimeout < 0 {
 		return fmt.Errorf("%s %v is negative", f("idle-timeout"), o.idleTimeout)
 	}
+	if o.procs < 0 {
+		return fmt.Errorf("%s %d is negative", f("procs"), o.procs)
+	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return fmt.Errorf("%s %q: want text or json", f("log-format"), o.logFormat)
 	}
@@ -273,6 +279,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		}
 	}
 
+	runtime.GOMAXPROCS(o.procsFor(runtime.GOMAXPROCS(0), lookupEnv))
+
 	// No GOMEMLIMIT by default: items live outside the Go heap (see
 	// store), so the heap is the index and buffers, and GOGC's default
 	// pacing keeps it within the overhead above.
@@ -308,7 +316,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	log.Info("listening", "addr", n.KVAddr(), "http", n.HTTPAddr(), "cluster", o.gossip != "",
 		"memory_limit", o.memoryLimit.String(), "max_item_size", o.maxItemSize.String(),
 		"max_conns", o.maxConns, "idle_timeout", o.idleTimeout.String(), "auth", len(users) > 0, "peer_user", o.peerUser,
-		"gossip_encrypted", len(o.gossipKey) > 0, "vbuckets", o.vbuckets, "version", version)
+		"gossip_encrypted", len(o.gossipKey) > 0, "vbuckets", o.vbuckets, "procs", runtime.GOMAXPROCS(0), "version", version)
 
 	select {
 	case err := <-n.Err():
@@ -324,6 +332,24 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// procsFor returns the GOMAXPROCS the node runs with, given the runtime's
+// (the CPUs available to the process, or $GOMAXPROCS). By default it leaves
+// one CPU to the kernel's network stack, which does much of the work of
+// every request (the system calls are half the node's CPU time), and to
+// the clients and other processes on the host. On the 2-CPU bench machine,
+// shared with the load generator, two Ps gave no more throughput than one
+// but several times the p999 latency: the runtime's idle Ms spin for work
+// and a busy P polls the network late (BENCHMARKS.md, "GOMAXPROCS").
+func (o *options) procsFor(runtimeProcs int, lookupEnv func(string) (string, bool)) int {
+	if o.procs > 0 {
+		return o.procs
+	}
+	if v, ok := lookupEnv("GOMAXPROCS"); ok && v != "" {
+		return runtimeProcs // the runtime has applied it
+	}
+	return max(1, runtimeProcs-1)
 }
 
 // newLogger returns the node's logger: logfmt text or JSON lines on w.

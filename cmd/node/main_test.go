@@ -69,6 +69,8 @@ func TestParseFlags(t *testing.T) {
 		{"idle timeout", []string{"-idle-timeout", "5m"}, ""},
 		{"negative idle timeout", []string{"-idle-timeout", "-1s"}, "-idle-timeout -1s is negative"},
 		{"json logs", []string{"-log-format", "json"}, ""},
+		{"procs", []string{"-procs", "3"}, ""},
+		{"negative procs", []string{"-procs", "-1"}, "-procs -1 is negative"},
 		{"bad log format", []string{"-log-format", "xml"}, "want text or json"},
 		{"secure cluster", []string{"-gossip", "127.0.0.1:7946", "-auth-file", "users", "-peer-user", "node",
 			"-gossip-key", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}, ""},
@@ -288,6 +290,100 @@ func TestBinarySignals(t *testing.T) {
 	})
 }
 
+// TestProcsFor: -procs wins, then $GOMAXPROCS (which the runtime applied
+// already); else the node leaves one CPU to the kernel and the clients, and
+// keeps at least one.
+func TestProcsFor(t *testing.T) {
+	tests := []struct {
+		name       string
+		flag, cpus int
+		env        map[string]string
+		want       int
+	}{
+		{"default", 0, 8, nil, 7},
+		{"default on 2 CPUs", 0, 2, nil, 1},
+		{"default on 1 CPU", 0, 1, nil, 1},
+		{"GOMAXPROCS set", 0, 4, map[string]string{"GOMAXPROCS": "4"}, 4},
+		{"GOMAXPROCS empty", 0, 4, map[string]string{"GOMAXPROCS": ""}, 3},
+		{"flag", 6, 8, map[string]string{"GOMAXPROCS": "2"}, 6},
+	}
+	for _, tt := range tests {
+		o := &options{procs: tt.flag}
+		if got := o.procsFor(tt.cpus, envOf(tt.env)); got != tt.want {
+			t.Errorf("%s: procsFor(%d) = %d, want %d", tt.name, tt.cpus, got, tt.want)
+		}
+	}
+}
+
+// TestBinaryProcs: the real binary runs with the GOMAXPROCS -procs, its
+// variable or $GOMAXPROCS asks for, and says so when it starts.
+func TestBinaryProcs(t *testing.T) {
+	bin := buildNode(t)
+	for _, tt := range []struct {
+		name string
+		args []string
+		env  []string
+		want float64
+	}{
+		{"flag", []string{"-procs", "3"}, []string{"GOMAXPROCS=2"}, 3},
+		{"variable", nil, []string{"VBCACHE_PROCS=2"}, 2},
+		{"GOMAXPROCS", nil, []string{"GOMAXPROCS=3"}, 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(bin, append([]string{"-listen", "127.0.0.1:0", "-log-format", "json"}, tt.args...)...)
+			cmd.Env = cleanEnv(tt.env...)
+			rec := startedJSON(t, cmd)
+			if rec["procs"] != tt.want {
+				t.Fatalf("listening with procs %v, want %v", rec["procs"], tt.want)
+			}
+		})
+	}
+}
+
+// startedJSON starts cmd, a node logging JSON, and returns its "listening"
+// line; the node is killed when the test ends.
+func startedJSON(t *testing.T, cmd *exec.Cmd) map[string]any {
+	t.Helper()
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan map[string]any)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var rec map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+				rec = map[string]any{"not JSON": sc.Text()}
+			}
+			lines <- rec
+		}
+	}()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case rec, ok := <-lines:
+			if !ok {
+				t.Fatal("the node exited without logging that it listens")
+			}
+			if bad, ok := rec["not JSON"]; ok {
+				t.Fatalf("log line is not JSON: %s", bad)
+			}
+			if rec["msg"] == "listening" {
+				go func() {
+					for range lines {
+					}
+				}()
+				return rec
+			}
+		case <-timeout:
+			t.Fatal("node did not log its address")
+		}
+	}
+}
+
 // TestBinaryEnv runs the real binary configured from the environment,
 // logging JSON.
 func TestBinaryEnv(t *testing.T) {
@@ -298,47 +394,13 @@ func TestBinaryEnv(t *testing.T) {
 		cmd := exec.Command(bin, "-max-conns", "10")
 		cmd.Env = cleanEnv("VBCACHE_LISTEN=127.0.0.1:0", "VBCACHE_LOG_FORMAT=json", "VBCACHE_IDLE_TIMEOUT=1m",
 			"VBCACHE_MAX_CONNS=many")
-		stderr, _ := cmd.StderrPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
+		rec := startedJSON(t, cmd)
+		if rec["idle_timeout"] != "1m0s" || rec["max_conns"] != 10.0 || rec["level"] != "INFO" {
+			t.Fatalf("listening with %v; want idle_timeout 1m0s from the environment, max_conns 10 from the command line", rec)
 		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		lines := make(chan map[string]any)
-		go func() {
-			defer close(lines)
-			sc := bufio.NewScanner(stderr)
-			for sc.Scan() {
-				var rec map[string]any
-				if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-					rec = map[string]any{"not JSON": sc.Text()}
-				}
-				lines <- rec
-			}
-		}()
-		timeout := time.After(10 * time.Second)
-		for {
-			select {
-			case rec, ok := <-lines:
-				if !ok {
-					t.Fatal("the node exited without logging that it listens")
-				}
-				if bad, ok := rec["not JSON"]; ok {
-					t.Fatalf("log line is not JSON: %s", bad)
-				}
-				if rec["msg"] != "listening" {
-					continue
-				}
-				if rec["idle_timeout"] != "1m0s" || rec["max_conns"] != 10.0 || rec["level"] != "INFO" {
-					t.Fatalf("listening with %v; want idle_timeout 1m0s from the environment, max_conns 10 from the command line", rec)
-				}
-				addr, _ := rec["addr"].(string)
-				if !strings.HasPrefix(addr, "127.0.0.1:") {
-					t.Fatalf("listening on %q, want VBCACHE_LISTEN's 127.0.0.1", addr)
-				}
-				return
-			case <-timeout:
-				t.Fatal("node did not log its address")
-			}
+		addr, _ := rec["addr"].(string)
+		if !strings.HasPrefix(addr, "127.0.0.1:") {
+			t.Fatalf("listening on %q, want VBCACHE_LISTEN's 127.0.0.1", addr)
 		}
 	})
 
