@@ -111,7 +111,7 @@ type conn struct {
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		srv:    s,
-		nc:     nc,
+		nc:     wrapConn(nc),
 		rbuf:   make([]byte, initialBuf),
 		wbuf:   make([]byte, 0, initialBuf),
 		authed: len(s.cfg.Users) == 0,

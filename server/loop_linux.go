@@ -184,7 +184,7 @@ func newEventLoop(s *Server) (*eventLoop, error) {
 	l := &eventLoop{srv: s, epfd: epfd, file: f, rc: rc, conns: make(map[int32]*conn)}
 	l.waitFn = func(fd uintptr) bool {
 		for {
-			l.n, l.errno = syscall.EpollWait(int(fd), l.events[:], 0)
+			l.n, l.errno = sysEpollPoll(int(fd), l.events[:])
 			if l.errno != syscall.EINTR {
 				break
 			}
@@ -444,7 +444,7 @@ func (l *eventLoop) handOff(c *conn, quit bool) {
 	}
 	own := new(reqStats)
 	c.srv.mu.Lock() // Shutdown and Close read c.nc, Metrics c.own
-	c.nc = nc
+	c.nc = wrapConn(nc)
 	c.own = own
 	c.srv.mu.Unlock()
 	c.req = own
@@ -558,7 +558,7 @@ func (l *eventLoop) step(c *conn, hup bool) {
 	for range loopReads {
 		c.makeRoom()
 		space := len(c.rbuf) - c.w
-		n, errno := syscall.Read(lio.fd, c.rbuf[c.w:])
+		n, errno := sysRead(lio.fd, c.rbuf[c.w:])
 		if errno == syscall.EINTR {
 			continue
 		}
@@ -632,7 +632,7 @@ func (l *eventLoop) write(c *conn) bool {
 func (c *conn) writeNow() (done bool, err error) {
 	c.countOutput()
 	for len(c.wbuf) > 0 {
-		n, errno := syscall.Write(c.lio.fd, c.wbuf)
+		n, errno := sysWrite(c.lio.fd, c.wbuf)
 		if errno == syscall.EINTR {
 			continue
 		}

@@ -771,6 +771,7 @@ func dialPeer(addr string, auth *PeerAuth) (net.Conn, *bufio.Reader, error) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	nc = wrapConn(nc)
 	nc.SetDeadline(time.Now().Add(dialTimeout))
 	hello := protocol.AppendFrame(nil, &protocol.Frame{
 		Magic: protocol.MagicRequest, Opcode: protocol.OpHello, Key: []byte(peerAgent),

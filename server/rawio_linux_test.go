@@ -1,0 +1,139 @@
+//go:build linux
+
+package server
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// rawPair returns both ends of a loopback TCP connection, the first read
+// and written with raw system calls.
+func rawPair(t *testing.T) (*rawConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-accepted
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	rc, ok := wrapConn(nc).(*rawConn)
+	if !ok {
+		t.Fatalf("wrapConn(%T) did not wrap", nc)
+	}
+	t.Cleanup(func() { rc.Close(); peer.Close() })
+	return rc, peer
+}
+
+// TestRawConn: a rawConn reads and writes as net.Conn does: it waits for
+// input, writes all of a write larger than the socket's buffers while the
+// peer reads slowly, honours deadlines, and reports the end of the input
+// and its own closing as net.Conn does.
+func TestRawConn(t *testing.T) {
+	t.Run("read waits for input", func(t *testing.T) {
+		c, peer := rawPair(t)
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			peer.Write([]byte("hello"))
+		}()
+		buf := make([]byte, 16)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != "hello" {
+			t.Fatalf("Read = %q, %v", buf[:n], err)
+		}
+	})
+
+	t.Run("large write", func(t *testing.T) {
+		c, peer := rawPair(t)
+		want := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB: the socket takes it in parts
+		got := make(chan []byte)
+		go func() {
+			b, _ := io.ReadAll(peer)
+			got <- b
+		}()
+		n, err := c.Write(want)
+		if err != nil || n != len(want) {
+			t.Fatalf("Write = %d, %v; want %d", n, err, len(want))
+		}
+		c.Close()
+		if b := <-got; !bytes.Equal(b, want) {
+			t.Fatalf("peer read %d bytes, not what was written", len(b))
+		}
+	})
+
+	t.Run("end of input", func(t *testing.T) {
+		c, peer := rawPair(t)
+		peer.Write([]byte("last"))
+		peer.Close()
+		b, err := io.ReadAll(c)
+		if err != nil || string(b) != "last" {
+			t.Fatalf("ReadAll = %q, %v", b, err)
+		}
+		if n, err := c.Read(make([]byte, 4)); n != 0 || err != io.EOF {
+			t.Fatalf("Read after the end = %d, %v; want io.EOF", n, err)
+		}
+	})
+
+	t.Run("read deadline", func(t *testing.T) {
+		c, _ := rawPair(t)
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		start := time.Now()
+		_, err := c.Read(make([]byte, 4))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read = %v; want os.ErrDeadlineExceeded", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("Read returned after %v", d)
+		}
+	})
+
+	t.Run("write deadline while the peer does not read", func(t *testing.T) {
+		c, _ := rawPair(t)
+		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := c.Write(make([]byte, 64<<20))
+		if !errors.Is(err, os.ErrDeadlineExceeded) || n == 0 || n == 64<<20 {
+			t.Fatalf("Write = %d, %v; want part written, then os.ErrDeadlineExceeded", n, err)
+		}
+	})
+
+	t.Run("closed while reading", func(t *testing.T) {
+		c, _ := rawPair(t)
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			c.Close()
+		}()
+		_, err := c.Read(make([]byte, 4))
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Read = %v; want net.ErrClosed", err)
+		}
+	})
+
+	t.Run("peer reset", func(t *testing.T) {
+		c, peer := rawPair(t)
+		peer.(*net.TCPConn).SetLinger(0)
+		peer.Close()
+		time.Sleep(20 * time.Millisecond)
+		_, err := c.Read(make([]byte, 4))
+		var se *os.SyscallError
+		if !errors.As(err, &se) {
+			t.Fatalf("Read = %v; want a read error", err)
+		}
+	})
+}
