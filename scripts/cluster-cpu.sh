@@ -27,6 +27,8 @@
 #   OWNER      node whose keys loadgen uses (127.0.0.1:16200)
 #   PIN        1: pin the nodes to CPU 0 and loadgen to CPU 1 (0)
 #   NODE_ENV   extra environment for the nodes, e.g. GOMAXPROCS=1
+#   SYSCALLS   1: also count each node's system calls by kind over the same
+#              6 s with perf's syscall tracepoints, per 1,000 requests (0)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -34,6 +36,7 @@ REPLICAS=${REPLICAS:-1}
 ADDR=${ADDR:-127.0.0.1:16200}
 OWNER=${OWNER:-127.0.0.1:16200}
 PIN=${PIN:-0}
+SYSCALLS=${SYSCALLS:-0}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -43,13 +46,16 @@ cleanup() {
 trap cleanup EXIT
 
 missing=()
-for tool in curl jq; do
+tools=(curl jq)
+[[ $SYSCALLS == 1 ]] && tools+=(perf)
+for tool in "${tools[@]}"; do
 	command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
 	sudo=()
 	((EUID == 0)) || sudo=(sudo)
 	"${sudo[@]}" apt-get update -qq
+	missing=("${missing[@]/#perf/linux-perf}") # Debian's package for perf
 	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
@@ -99,6 +105,17 @@ lg=$!
 sleep 4
 c0=() s0=()
 for i in 0 1 2; do c0[i]=$(cpu "${pids[i]}") s0[i]=$(io "${pids[i]}"); done
+if [[ $SYSCALLS == 1 ]]; then
+	events=
+	for call in read write epoll_pwait epoll_wait epoll_ctl futex nanosleep sched_yield; do
+		events+=${events:+,}syscalls:sys_enter_$call
+	done
+	perfs=()
+	for i in 0 1 2; do
+		perf stat -x, -e "$events" -p "${pids[i]}" -- sleep 6 2>"$work/syscalls$i.csv" &
+		perfs+=($!)
+	done
+fi
 sleep 6
 c1=() s1=()
 for i in 0 1 2; do c1[i]=$(cpu "${pids[i]}") s1[i]=$(io "${pids[i]}"); done
@@ -117,3 +134,10 @@ for i in 0 1 2; do
 			n, t * 1e6 / hz / (r * 6), dr * 1000 / (r * 6), dw * 1000 / (r * 6), dv * 1000 / (r * 6)}'
 done
 awk -v t="$total" -v hz="$hz" -v r="$rate" 'BEGIN{printf "  total: %.2f µs/op\n", t * 1e6 / hz / (r * 6)}'
+if [[ $SYSCALLS == 1 ]]; then
+	wait "${perfs[@]}"
+	for i in 0 1 2; do
+		awk -F, -v n="n$i" -v r="$rate" '$3 ~ /sys_enter_/ {sub(/.*sys_enter_/, "", $3); line = line sprintf(" %s %.0f,", $3, $1 * 1000 / (r * 6))}
+			END {sub(/,$/, "", line); print "  " n " system calls per 1k ops:" line}' "$work/syscalls$i.csv"
+	done
+fi
