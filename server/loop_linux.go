@@ -198,12 +198,8 @@ func newEventLoop(s *Server) (*eventLoop, error) {
 // nothing, if c cannot be served by a loop.
 func (l *eventLoop) add(c *conn) bool {
 	nc := c.nc // once c is in l, l owns c.nc
-	sc, ok := nc.(syscall.Conn)
+	rc, ok := rawConnOf(nc)
 	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
 		return false
 	}
 	fd := -1

@@ -29,25 +29,18 @@ import (
 // second.
 
 // sysRead is read(2) on fd without the runtime's bookkeeping.
-func sysRead(fd int, p []byte) (int, error) {
-	var ptr unsafe.Pointer
-	if len(p) > 0 {
-		ptr = unsafe.Pointer(&p[0])
-	}
-	n, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(ptr), uintptr(len(p)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}
+func sysRead(fd int, p []byte) (int, error) { return sysRW(syscall.SYS_READ, fd, p) }
 
 // sysWrite is write(2) on fd without the runtime's bookkeeping.
-func sysWrite(fd int, p []byte) (int, error) {
+func sysWrite(fd int, p []byte) (int, error) { return sysRW(syscall.SYS_WRITE, fd, p) }
+
+// sysRW makes system call trap, read(2) or write(2), on fd and p.
+func sysRW(trap uintptr, fd int, p []byte) (int, error) {
 	var ptr unsafe.Pointer
 	if len(p) > 0 {
 		ptr = unsafe.Pointer(&p[0])
 	}
-	n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	n, _, errno := syscall.RawSyscall(trap, uintptr(fd), uintptr(ptr), uintptr(len(p)))
 	if errno != 0 {
 		return 0, errno
 	}
@@ -79,15 +72,21 @@ func wrapConn(nc net.Conn) net.Conn {
 	if _, ok := nc.(*rawConn); ok {
 		return nc
 	}
-	sc, ok := nc.(syscall.Conn)
+	rc, ok := rawConnOf(nc)
 	if !ok {
 		return nc
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nc
-	}
 	return &rawConn{Conn: nc, rc: rc}
+}
+
+// rawConnOf returns nc's syscall.RawConn, if it has one.
+func rawConnOf(nc net.Conn) (syscall.RawConn, bool) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil, false
+	}
+	rc, err := sc.SyscallConn()
+	return rc, err == nil
 }
 
 // SyscallConn returns the connection's syscall.RawConn, as the wrapped
