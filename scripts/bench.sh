@@ -955,14 +955,16 @@ kind_of() {
 }
 
 print_context() {
-	local model
+	local model procs
 	model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 	echo "## vbcache benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo
 	echo "- machine: $(nproc) CPUs, ${model:-unknown CPU}, $(uname -sr)"
 	echo "- memcached: $(memcached -V 2>/dev/null || echo unknown), -m $MEMORY_MIB -c 4096 ${MEMCACHED_ARGS:-(default threads)}"
 	if [[ -n $NODE ]]; then
-		echo "- node: $("$NODE" -version 2>/dev/null || echo unknown), -memory-limit ${MEMORY_MIB}MiB ${NODE_ARGS}"
+		# GOMAXPROCS as the nodes logged it (-procs; one less than the CPUs by default)
+		procs=$(cat "${LOG_OF[@]}" 2>/dev/null | grep -o 'procs=[0-9]*' | cut -d= -f2 | sort -un | paste -sd/ -)
+		echo "- node: $("$NODE" -version 2>/dev/null || echo unknown), -memory-limit ${MEMORY_MIB}MiB${NODE_ARGS:+ $NODE_ARGS}, GOMAXPROCS ${procs:-unknown}"
 	else
 		echo "- node: not run (BENCH_ONLY_MEMCACHED=1: second column is memcached again)"
 	fi
