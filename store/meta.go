@@ -1,6 +1,9 @@
 package store
 
-import "bytes"
+import (
+	"bytes"
+	"runtime"
+)
 
 // Operations for copying items between nodes (replication and vbucket
 // moves). An item copied keeps its CAS, flags, data type and absolute
@@ -99,8 +102,16 @@ func (s *Store) Keys(match func(key []byte) bool, fn func(key []byte) bool) {
 				return
 			}
 		}
+		runtime.Gosched() // see yieldNote
 	}
 }
+
+// yieldNote: the walks over every shard (Keys, DeleteWhere) yield the
+// processor after each shard. A walk of a large store takes tens of
+// milliseconds, and a node may run on one P (cmd/node's -procs): its event
+// loop would otherwise wait until the runtime preempts the walk, which can
+// take longer than the usual 10 ms when the runtime's monitor thread sleeps
+// (server/rawio_linux.go).
 
 // GetWithMeta appends key's value to dst like Get, without marking the
 // item as read (a copy for another node is not a client's fetch).
@@ -131,6 +142,7 @@ func (s *Store) DeleteWhere(match func(key []byte) bool) int {
 			}
 		}
 		sh.mu.Unlock()
+		runtime.Gosched() // see yieldNote
 	}
 	return n
 }

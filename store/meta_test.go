@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync/atomic"
 	"testing"
 )
 
@@ -78,6 +80,36 @@ func TestKeysAndDeleteWhere(t *testing.T) {
 	checkInvariants(t, s)
 	if v, _, ok := s.Get([]byte("b1"), nil); !ok || !bytes.Equal(v, []byte("y")) {
 		t.Fatal("DeleteWhere removed a non-matching item")
+	}
+}
+
+// TestWalksYield: Keys and DeleteWhere let other goroutines run while they
+// walk the shards, even on one P: a goroutine started before the walk runs
+// before the walk ends (see yieldNote).
+func TestWalksYield(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	s, _ := newTestStore(t, Config{Shards: 64})
+	for i := range 1000 {
+		s.Set(ModeSet, []byte(fmt.Sprintf("k%d", i)), []byte("v"), 0, 0, 0, 0)
+	}
+	walks := []struct {
+		name string
+		walk func(match func([]byte) bool)
+	}{
+		{"Keys", func(match func([]byte) bool) { s.Keys(match, func([]byte) bool { return true }) }},
+		{"DeleteWhere", func(match func([]byte) bool) { s.DeleteWhere(match) }},
+	}
+	for _, w := range walks {
+		var ran atomic.Bool
+		go ran.Store(true)
+		seen := false
+		w.walk(func([]byte) bool {
+			seen = seen || ran.Load()
+			return false
+		})
+		if !seen {
+			t.Errorf("%s: a goroutine waiting to run did not run during the walk", w.name)
+		}
 	}
 }
 
