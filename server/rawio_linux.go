@@ -26,7 +26,9 @@ import (
 // The monitor also preempts goroutines that run for long and polls the
 // network while every P is busy; it does both once any ordinary system
 // call or timer wakes it, and a node always has timers due within a
-// second.
+// second (the store's sweeper, and gossip in cluster mode). The long
+// walks of the store yield between shards rather than wait for it (see
+// store's yieldNote).
 
 // sysRead is read(2) on fd without the runtime's bookkeeping.
 func sysRead(fd int, p []byte) (int, error) { return sysRW(syscall.SYS_READ, fd, p) }
