@@ -28,7 +28,9 @@
 #   PIN        1: pin the nodes to CPU 0 and loadgen to CPU 1 (0)
 #   NODE_ENV   extra environment for the nodes, e.g. GOMAXPROCS=1
 #   SYSCALLS   1: also count each node's system calls by kind over the same
-#              6 s with perf's syscall tracepoints, per 1,000 requests (0)
+#              6 s with perf's syscall tracepoints, per 1,000 requests; needs
+#              root (or kernel.perf_event_paranoid -1) and installs Debian's
+#              linux-perf if perf is missing (0)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
