@@ -337,11 +337,12 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 // procsFor returns the GOMAXPROCS the node runs with, given the runtime's
 // (the CPUs available to the process, or $GOMAXPROCS). By default it leaves
 // one CPU to the kernel's network stack, which does much of the work of
-// every request (the system calls are half the node's CPU time), and to
-// the clients and other processes on the host. On the 2-CPU bench machine,
-// shared with the load generator, two Ps gave no more throughput than one
-// but several times the p999 latency: the runtime's idle Ms spin for work
-// and a busy P polls the network late (BENCHMARKS.md, "GOMAXPROCS").
+// every request (system calls take half or more of the node's CPU time in
+// the bench's loads), and to the clients and other processes on the host.
+// On the 2-CPU bench machine, shared with the load generator, two Ps served
+// 16 clients no faster than one but with several times the p999 latency:
+// the runtime's idle Ms spin for work and a busy P polls the network late
+// (BENCHMARKS.md, "GOMAXPROCS").
 func (o *options) procsFor(runtimeProcs int, lookupEnv func(string) (string, bool)) int {
 	if o.procs > 0 {
 		return o.procs
