@@ -340,7 +340,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 // every request (system calls take half or more of the node's CPU time in
 // the bench's loads), and to the clients and other processes on the host.
 // On the 2-CPU bench machine, shared with the load generator, two Ps served
-// 16 clients no faster than one but with several times the p999 latency:
+// 16 clients at most 8% faster than one, with several times the p999 latency:
 // the runtime's idle Ms spin for work and a busy P polls the network late
 // (BENCHMARKS.md, "GOMAXPROCS").
 func (o *options) procsFor(runtimeProcs int, lookupEnv func(string) (string, bool)) int {
