@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -136,4 +137,30 @@ func TestRawConn(t *testing.T) {
 			t.Fatalf("Read = %v; want a read error", err)
 		}
 	})
+}
+
+// TestRawCallsAllocs pins the raw reads and writes, including a read that
+// finds nothing (EAGAIN, returned as an error), at zero allocations.
+func TestRawCallsAllocs(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fds[0])
+	defer syscall.Close(fds[1])
+	msg, buf := []byte("response"), make([]byte, 64)
+	n := testing.AllocsPerRun(1000, func() {
+		if _, err := sysWrite(fds[0], msg); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := sysRead(fds[1], buf); err != nil || n != len(msg) {
+			t.Fatalf("sysRead = %d, %v", n, err)
+		}
+		if _, err := sysRead(fds[1], buf); err != syscall.EAGAIN {
+			t.Fatalf("sysRead of nothing = %v, want EAGAIN", err)
+		}
+	})
+	if n != 0 {
+		t.Fatalf("a write and two reads allocate %v times", n)
+	}
 }
