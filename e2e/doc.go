@@ -34,5 +34,6 @@
 //
 // The clients and Chromium are Debian packages; scripts/test.sh installs
 // them. A missing one fails its test with the name of the package to
-// install.
+// install. The tests run on Linux only: the harness ties each server's life
+// to the test binary's with a parent-death signal.
 package e2e

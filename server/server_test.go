@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -553,6 +554,17 @@ func TestParseUsers(t *testing.T) {
 	}
 }
 
+func TestSeconds(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "0.000000", 7 * time.Microsecond: "0.000007", 1500 * time.Millisecond: "1.500000",
+		62*time.Second + 345678*time.Microsecond + 999: "62.345678",
+	} {
+		if got := string(seconds(d)); got != want {
+			t.Errorf("seconds(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
 func TestStats(t *testing.T) {
 	srv, addr := testServer(t, nil)
 	c := dial(t, addr)
@@ -574,6 +586,11 @@ func TestStats(t *testing.T) {
 		"bytes", "evictions", "expired_unfetched", "rusage_user"} {
 		if _, ok := stats[name]; !ok {
 			t.Errorf("stat %s missing", name)
+		}
+	}
+	for _, name := range []string{"rusage_user", "rusage_system"} { // as memcached writes them
+		if !regexp.MustCompile(`^[0-9]+\.[0-9]{6}$`).MatchString(stats[name]) {
+			t.Errorf("%s = %q, want seconds.microseconds", name, stats[name])
 		}
 	}
 	settings := readStats(t, c, "settings")

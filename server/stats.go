@@ -4,7 +4,6 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"vbcache/protocol"
@@ -80,8 +79,7 @@ func (c *conn) stat(req *protocol.Request) {
 func (c *conn) generalStats(req *protocol.Request) {
 	s := c.srv
 	now := time.Now()
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	user, system := processCPU()
 	sum := s.statSnapshot()
 	st := s.cfg.Store.Stats()
 
@@ -90,8 +88,8 @@ func (c *conn) generalStats(req *protocol.Request) {
 	c.statUint(req, "time", uint64(now.Unix()))
 	c.appendStat(req, "version", []byte(s.cfg.Version))
 	c.statUint(req, "pointer_size", 64)
-	c.appendStat(req, "rusage_user", timeval(ru.Utime))
-	c.appendStat(req, "rusage_system", timeval(ru.Stime))
+	c.appendStat(req, "rusage_user", seconds(user))
+	c.appendStat(req, "rusage_system", seconds(system))
 	c.statUint(req, "max_connections", uint64(s.cfg.MaxConns))
 	c.statUint(req, "curr_connections", uint64(s.currConns.Load()))
 	c.statUint(req, "total_connections", s.totalConns.Load())
@@ -146,12 +144,14 @@ func (c *conn) appendStat(req *protocol.Request, name string, value []byte) {
 	c.wbuf = append(c.wbuf, value...)
 }
 
-// timeval formats a rusage time as memcached does: seconds.microseconds.
-func timeval(tv syscall.Timeval) []byte {
-	b := strconv.AppendInt(nil, int64(tv.Sec), 10)
+// seconds formats a CPU time as memcached formats rusage: seconds, a
+// point and six digits of microseconds.
+func seconds(d time.Duration) []byte {
+	us := d.Microseconds()
+	b := strconv.AppendInt(nil, us/1e6, 10)
 	b = append(b, '.')
-	us := strconv.AppendInt(nil, int64(tv.Usec)+1000000, 10)
-	return append(b, us[1:]...)
+	frac := strconv.AppendInt(nil, us%1e6+1e6, 10)
+	return append(b, frac[1:]...)
 }
 
 func yesNo(b bool) string {
