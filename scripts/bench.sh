@@ -25,11 +25,19 @@
 #             large heap under load (look at p999)
 #   fwd       3-node cluster (-replicas 0), keys whose vbucket node B holds
 #             active, c16-d1 mixed from a legacy client (no HELLO, vbucket 0):
-#             once against B ("direct"), once against A, which forwards every
-#             request to B ("forwarded"); same cluster, direct first
-#   repl      SETs only, c16-d16, to keys node A holds active: a fresh 3-node
-#             cluster with -replicas 0, then a fresh one with -replicas 1
-#             -replication sync
+#             against B ("direct") and against A, which forwards every
+#             request to B ("forwarded"); one cluster
+#   repl      SETs only, c16-d16, to keys node A holds active: a 3-node
+#             cluster with -replicas 0 and one with -replicas 1 -replication
+#             sync, both running, only one loaded at a time
+#   repl-d1   the same at depth 1
+# The cluster loads measure their two columns in ROUNDS segments each,
+# alternating (A B B A for 2), so that a change in the machine's speed
+# during the run (other tenants of a VM) weighs on both columns alike; repl's
+# two clusters run side by side for that. The memcached loads do not:
+# memcached goes on working for seconds after a load (15-18% of a CPU for
+# 3 s after storing 1M items), and with it running beside the node, gc-1M's
+# node served 97-99k ops/s against 119k alone.
 # memcached and the node both get MEMORY_MIB (1 GiB) except in evict. The
 # cluster loads have no memcached column: their ratio is between two node
 # runs of the same script run, and their CPU and RSS are the sums over all 3
@@ -50,6 +58,10 @@
 # Settings, all from the environment:
 #   DURATION              measured time per load and server       (10s)
 #   WARMUP                unmeasured load before each measurement (1s)
+#   ROUNDS                segments per column of the cluster loads, each
+#                         DURATION/ROUNDS after its own WARMUP; ops/s and
+#                         CPU µs/op are over all of them, latencies the
+#                         worst segment's                         (2)
 #   KEYS                  key space of the mixed and cluster loads (100000)
 #   VALUE_SIZE            value size in bytes                     (100)
 #   GET_RATIO             fraction of GETs in the mixed loads     (0.9)
@@ -81,15 +93,18 @@
 # runtime sizes itself to the one CPU it is given.
 #
 # Every server gets a fresh process and port for every load (the fwd load's
-# two runs share one cluster), so RSS and CPU belong to that load alone. Only
-# 127.0.0.1 is used. Every process the script starts is stopped on exit. The
-# default run takes about 3 minutes on 2 CPUs (DURATION=3s: about 80 s).
+# two columns share one cluster), so RSS and CPU belong to that load alone;
+# a column's CPU counts only its own server's (or cluster's) processes.
+# Only 127.0.0.1 is used. Every process the script starts is stopped on
+# exit. The default run takes about 3 minutes on 2 CPUs (DURATION=3s: about
+# 80 s).
 set -euo pipefail
 
 # ---------------------------------------------------------------- settings
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-1s}
+ROUNDS=${ROUNDS:-2}
 KEYS=${KEYS:-100000}
 VALUE_SIZE=${VALUE_SIZE:-100}
 GET_RATIO=${GET_RATIO:-0.9}
@@ -526,10 +541,39 @@ prefill() {
 	fi
 }
 
-# measure_mixed runs WARMUP of a mixed load unmeasured, then DURATION
-# measured, and records it as load $1, column $2, with loadgen's JSON in $3
-# and its stderr in $4. The pids before "--" are the server processes whose
-# CPU and RSS are summed; the loadgen flags follow it.
+# segment prints DURATION/ROUNDS as a duration loadgen takes, in
+# milliseconds.
+segment() {
+	local n unit ms
+	if [[ ! $DURATION =~ ^([0-9]+([.][0-9]+)?)(ms|s|m)$ ]]; then
+		die "DURATION=$DURATION: give a number and ms, s or m, e.g. 10s"
+	fi
+	n=${BASH_REMATCH[1]} unit=${BASH_REMATCH[3]}
+	case $unit in
+	ms) ms=$n ;;
+	s) ms=$(calc 'x * 1000' "x=$n") ;;
+	m) ms=$(calc 'x * 60000' "x=$n") ;;
+	esac
+	calc 'sprintf("%dms", ms / r)' "ms=$ms" "r=$ROUNDS"
+}
+
+# columns_in_round prints the two columns $2 and $3 in the order round $1
+# (from 1) measures them: A B, then B A, and so on, so that a steady drift
+# in the machine's speed costs both columns alike.
+columns_in_round() {
+	if (($1 % 2)); then
+		echo "$2 $3"
+	else
+		echo "$3 $2"
+	fi
+}
+
+# measure_mixed runs WARMUP of a mixed load unmeasured, then MEASURE (default
+# DURATION) measured, and records it as load $1, column $2, with loadgen's
+# JSON in $3 and its stderr in $4; a second measurement of the same load
+# and column adds to the first (see record). The pids before "--" are the
+# server processes whose CPU and RSS are summed; the loadgen flags follow
+# it.
 measure_mixed() {
 	local load=$1 column=$2 json=$3 errlog=$4
 	shift 4
@@ -543,7 +587,7 @@ measure_mixed() {
 	local before after status=0
 	loadgen "${flags[@]}" -duration "$WARMUP" -allow-errors >>"$errlog" 2>&1 || true
 	before=$(cpu_ticks "${pids[@]}")
-	loadgen "${flags[@]}" -duration "$DURATION" -json >"$json" 2>>"$errlog" || status=$?
+	loadgen "${flags[@]}" -duration "${MEASURE:-$DURATION}" -json >"$json" 2>>"$errlog" || status=$?
 	after=$(cpu_ticks "${pids[@]}")
 	RESULT["$load|$column|rss"]=$(rss_mib "${pids[@]}")
 	if [[ $status != 0 ]]; then
@@ -568,27 +612,38 @@ record_stats() {
 	fi
 }
 
-# record stores the metrics of one run in RESULT.
+# record stores the metrics of one run in RESULT. Runs of the same load
+# and column add up (the segments of a cluster load): ops/s and CPU µs/op
+# are over their total time and requests, counts are summed, and each
+# latency percentile is the worst segment's. A failed run fails the cell.
 record() {
 	local load=$1 server=$2 kind=$3 json=$4 ticks=$5
 	local key="$load|$server"
-	local ops
+	local ops secs f
 	ops=$(json_number "$json" ops)
-	if [[ -z $ops ]]; then
+	secs=$(json_number "$json" seconds)
+	if [[ -z $ops || -z $secs || ${RESULT[$key|ops_s]:-} == failed ]]; then
 		RESULT[$key|ops_s]=failed
 		return 0
 	fi
-	RESULT[$key|ops_s]=$(calc 'sprintf("%.0f", x)' "x=$(json_number "$json" ops_per_sec)")
+	ops=$((${RESULT[$key|ops]:-0} + ops))
+	ticks=$((${RESULT[$key|ticks]:-0} + ticks))
+	secs=$(calc 'a + b' "a=${RESULT[$key|secs]:-0}" "b=$secs")
+	RESULT[$key|ops]=$ops RESULT[$key|ticks]=$ticks RESULT[$key|secs]=$secs
+	RESULT[$key|ops_s]=$(calc 'sprintf("%.0f", ops / secs)' "ops=$ops" "secs=$secs")
 	if [[ $kind == mixed ]]; then
-		RESULT[$key|p50]=$(calc 'sprintf("%.1f", x)' "x=$(json_number "$json" p50_us)")
-		RESULT[$key|p99]=$(calc 'sprintf("%.1f", x)' "x=$(json_number "$json" p99_us)")
-		RESULT[$key|p999]=$(calc 'sprintf("%.1f", x)' "x=$(json_number "$json" p999_us)")
+		for f in p50 p99 p999; do
+			RESULT[$key|$f]=$(calc 'sprintf("%.1f", (old != "" && old + 0 > x) ? old : x)' \
+				"old=${RESULT[$key|$f]:-}" "x=$(json_number "$json" "${f}_us")")
+		done
 	fi
 	RESULT[$key|cpu]=$(calc 'ops > 0 ? sprintf("%.2f", t * 1e6 / hz / ops) : "-"' \
 		"t=$ticks" "hz=$CLK_TCK" "ops=$ops")
-	RESULT[$key|errors]=$(json_number "$json" errors)
-	RESULT[$key|conn_errors]=$(json_number "$json" conn_errors)
-	RESULT[$key|misses]=$(json_number "$json" get_misses)
+	local n
+	for f in errors conn_errors get_misses; do
+		n=$(json_number "$json" "$f")
+		RESULT[$key|${f#get_}]=$((${RESULT[$key|${f#get_}]:-0} + ${n:-0}))
+	done
 	RESULT[$key|vbuckets]=$(json_number "$json" owned_vbuckets)
 }
 
@@ -729,39 +784,45 @@ stop_cluster() {
 }
 
 # run_fwd: one cluster with -replicas 0; the keys are those node B (bench1)
-# holds active. The same load runs against B, then against A (bench0), which
-# forwards every request to B.
+# holds active. The same load runs against B ("direct") and against A
+# (bench0), which forwards every request to B ("forwarded"), in ROUNDS
+# alternating segments each.
 run_fwd() {
 	local load=$1
 	shift
 	local -a flags=("$@")
-	local a b keys items errlog=$WORKDIR/$load.loadgen.log
+	local a b keys items round column addr errlog=$WORKDIR/$load.loadgen.log
 	log "$load: starting a $CLUSTER_SIZE-node cluster (-replicas 0)"
 	start_cluster "$load" -replicas 0
 	a=${CL_KV[0]} b=${CL_KV[1]}
 	keys=$(flag_value -keys "$KEYS" "${flags[@]}")
 	log "$load: prefilling $keys keys owned by B ($b) through B"
 	prefill "$load" direct "$errlog" -addr "$b" -owner "$b" -items "$keys"
-	log "$load: direct, against B ($b)"
-	measure_mixed "$load" direct "$WORKDIR/$load-direct.json" "$errlog" "${CL_PIDS[@]}" -- \
-		-addr "$b" -owner "$b" -value-size "$VALUE_SIZE" -keys "$keys" "${flags[@]}"
-	log "$load: forwarded, against A ($a)"
-	measure_mixed "$load" forwarded "$WORKDIR/$load-forwarded.json" "$errlog" "${CL_PIDS[@]}" -- \
-		-addr "$a" -owner "$b" -value-size "$VALUE_SIZE" -keys "$keys" "${flags[@]}"
+	for ((round = 1; round <= ROUNDS; round++)); do
+		for column in $(columns_in_round "$round" direct forwarded); do
+			addr=$b
+			[[ $column == forwarded ]] && addr=$a
+			log "$load: $column, against $addr (segment $round of $ROUNDS)"
+			MEASURE=$(segment) measure_mixed "$load" "$column" "$WORKDIR/$load-$column.$round.json" "$errlog" \
+				"${CL_PIDS[@]}" -- -addr "$addr" -owner "$b" -value-size "$VALUE_SIZE" -keys "$keys" "${flags[@]}"
+		done
+	done
 	items=$(cluster_items)
 	stop_cluster
 	NOTES+=("$load: keys of B's ${RESULT[$load|direct|vbuckets]:-?} active vbuckets; A forwards to B over its peer connections; CPU and RSS are the sums over the 3 nodes; GET misses direct ${RESULT[$load|direct|misses]:--}, forwarded ${RESULT[$load|forwarded|misses]:--}; STAT curr_items A/B/C after the runs $items")
 }
 
-# run_repl: a fresh cluster per column, without and with one sync replica;
-# the keys are those node A (bench0) holds active, and the load talks to A.
+# run_repl: two clusters, without and with one sync replica, both running;
+# the keys are those node A (bench0) of each holds active, and the load
+# talks to that A, in ROUNDS alternating segments per cluster. CPU and RSS
+# are those of the loaded cluster's nodes.
 run_repl() {
 	local load=$1
 	shift
 	local -a flags=("$@")
-	local column a keys errlog
-	local -a args
-	local -A counts
+	local column keys errlog round
+	local -a args all=()
+	local -A counts pids kv
 	keys=$(flag_value -keys "$KEYS" "${flags[@]}")
 	for column in repl0 repl1; do
 		if [[ $column == repl0 ]]; then
@@ -769,18 +830,29 @@ run_repl() {
 		else
 			args=(-replicas 1 -replication sync)
 		fi
-		errlog=$WORKDIR/$load-$column.loadgen.log
 		log "$load: starting a $CLUSTER_SIZE-node cluster (${args[*]})"
 		start_cluster "$load-$column" "${args[@]}"
-		a=${CL_KV[0]}
-		prefill "$load" "$column" "$errlog" -addr "$a" -owner "$a" -items "$keys"
-		log "$load: $column, against A ($a)"
-		measure_mixed "$load" "$column" "$WORKDIR/$load-$column.json" "$errlog" "${CL_PIDS[@]}" -- \
-			-addr "$a" -owner "$a" -value-size "$VALUE_SIZE" -keys "$keys" "${flags[@]}"
-		counts[$column]=$(cluster_items)
-		stop_cluster
+		pids[$column]=${CL_PIDS[*]} kv[$column]=${CL_KV[*]}
+		all+=("${CL_PIDS[@]}")
+		prefill "$load" "$column" "$WORKDIR/$load-$column.loadgen.log" -addr "${CL_KV[0]}" -owner "${CL_KV[0]}" -items "$keys"
 	done
-	NOTES+=("$load: keys of A's active vbuckets (${RESULT[$load|repl0|vbuckets]:-?} and ${RESULT[$load|repl1|vbuckets]:-?} of them), all writes sent to A; CPU and RSS are the sums over the 3 nodes; STAT curr_items A/B/C after the run: replicas 0 ${counts[repl0]}, replicas 1 ${counts[repl1]}")
+	for ((round = 1; round <= ROUNDS; round++)); do
+		for column in $(columns_in_round "$round" repl0 repl1); do
+			read -r -a CL_PIDS <<<"${pids[$column]}"
+			read -r -a CL_KV <<<"${kv[$column]}"
+			errlog=$WORKDIR/$load-$column.loadgen.log
+			log "$load: $column, against A (${CL_KV[0]}) (segment $round of $ROUNDS)"
+			MEASURE=$(segment) measure_mixed "$load" "$column" "$WORKDIR/$load-$column.$round.json" "$errlog" \
+				"${CL_PIDS[@]}" -- -addr "${CL_KV[0]}" -owner "${CL_KV[0]}" -value-size "$VALUE_SIZE" -keys "$keys" "${flags[@]}"
+		done
+	done
+	for column in repl0 repl1; do
+		read -r -a CL_KV <<<"${kv[$column]}"
+		counts[$column]=$(cluster_items)
+	done
+	CL_PIDS=("${all[@]}")
+	stop_cluster
+	NOTES+=("$load: keys of A's active vbuckets (${RESULT[$load|repl0|vbuckets]:-?} and ${RESULT[$load|repl1|vbuckets]:-?} of them), all writes sent to A; CPU and RSS are the sums over the 3 nodes of the cluster loaded; STAT curr_items A/B/C after the run: replicas 0 ${counts[repl0]}, replicas 1 ${counts[repl1]}")
 }
 
 # ----------------------------------------------------------------- report
@@ -977,7 +1049,8 @@ print_context() {
 	if [[ -n $NODE ]] && { selected fwd || selected repl; }; then
 		echo "- fwd, repl: $CLUSTER_SIZE node processes on 127.0.0.1, -memory-limit ${MEMORY_MIB}MiB each, legacy client" \
 			"(no HELLO, vbucket 0), $KEYS keys held active by one node; fwd: -replicas 0, repl: SETs only," \
-			"-replicas 0 against -replicas 1 -replication sync"
+			"-replicas 0 against -replicas 1 -replication sync; each column measured in $ROUNDS alternating" \
+			"segments of $(segment) after $WARMUP warmup each (latencies: the worst segment's)"
 	fi
 	echo "- CPU: $CPU_NOTE; loadgen GOMAXPROCS=$LOADGEN_GOMAXPROCS"
 	echo "- CPU µs/op: server utime+stime over the measured run / ops (cluster loads: all 3 nodes);" \
