@@ -192,6 +192,10 @@ func New(cfg Config) (*Node, error) {
 // KVAddr is the advertised address of the memcached listener.
 func (n *Node) KVAddr() string { return n.kvAddr }
 
+// KVListenAddr is the address the memcached listener is bound to, which
+// differs from KVAddr when it listens on every interface.
+func (n *Node) KVListenAddr() string { return n.kvLn.Addr().String() }
+
 // HTTPAddr is the address of the HTTP listener, or "".
 func (n *Node) HTTPAddr() string {
 	if n.httpLn == nil {

@@ -313,7 +313,11 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "addr", n.KVAddr(), "http", n.HTTPAddr(), "cluster", o.gossip != "",
+	advertised := "" // what other nodes and cluster maps use; single-node mode has none
+	if o.gossip != "" {
+		advertised = n.KVAddr()
+	}
+	log.Info("listening", "addr", n.KVListenAddr(), "advertise", advertised, "http", n.HTTPAddr(), "cluster", o.gossip != "",
 		"memory_limit", o.memoryLimit.String(), "max_item_size", o.maxItemSize.String(),
 		"max_conns", o.maxConns, "idle_timeout", o.idleTimeout.String(), "auth", len(users) > 0, "peer_user", o.peerUser,
 		"gossip_encrypted", len(o.gossipKey) > 0, "vbuckets", o.vbuckets, "procs", runtime.GOMAXPROCS(0), "version", version)

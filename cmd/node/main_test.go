@@ -421,6 +421,38 @@ func TestBinaryEnv(t *testing.T) {
 	}
 }
 
+// TestBinaryListeningLine checks what the node says at start about where
+// it listens: the address it is bound to, and in cluster mode the address
+// other nodes and cluster maps use.
+func TestBinaryListeningLine(t *testing.T) {
+	bin := buildNode(t)
+	t.Run("single node on every interface", func(t *testing.T) {
+		rec := startedJSON(t, exec.Command(bin, "-listen", ":0", "-log-format", "json"))
+		addr, _ := rec["addr"].(string)
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || net.ParseIP(host) == nil || !net.ParseIP(host).IsUnspecified() {
+			t.Fatalf("listening on %q, want the unspecified address and a port", addr)
+		}
+		if rec["advertise"] != "" {
+			t.Fatalf("advertises %q in single-node mode", rec["advertise"])
+		}
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", port))
+		if err != nil {
+			t.Fatalf("not reachable on loopback at the logged port: %v", err)
+		}
+		c.Close()
+	})
+	t.Run("cluster node", func(t *testing.T) {
+		rec := startedJSON(t, exec.Command(bin, "-listen", "127.0.0.1:0", "-gossip", "127.0.0.1:0",
+			"-advertise", "127.0.0.9", "-log-format", "json"))
+		addr, _ := rec["addr"].(string)
+		_, port, _ := net.SplitHostPort(addr)
+		if !strings.HasPrefix(addr, "127.0.0.1:") || rec["advertise"] != "127.0.0.9:"+port {
+			t.Fatalf("addr %q, advertise %q; want 127.0.0.1:PORT and 127.0.0.9:PORT", addr, rec["advertise"])
+		}
+	})
+}
+
 // cleanEnv returns this process's environment without VBCACHE_ variables,
 // plus vars.
 func cleanEnv(vars ...string) []string {
