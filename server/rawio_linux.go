@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -63,9 +64,28 @@ func sysEpollPoll(epfd int, events []syscall.EpollEvent) (int, error) {
 // rawConn is a TCP connection whose reads and writes use sysRead and
 // sysWrite, waiting for the socket through the runtime's poller as
 // net.Conn's do; deadlines and Close work as before.
+//
+// syscall.RawConn takes the function to run on the descriptor as an
+// interface's argument, so a closure made per call would escape, with
+// what it captures: three allocations per read or write. Each direction
+// instead keeps its function, bound once, and passes it the buffer and
+// takes back the result through fields, under a mutex that also keeps
+// concurrent reads (or writes) apart, as net.Conn's own lock does.
 type rawConn struct {
 	net.Conn
 	rc syscall.RawConn
+
+	rmu    sync.Mutex // guards the read fields
+	rbuf   []byte
+	rn     int
+	rerr   error
+	readFn func(uintptr) bool // c.readOnce
+
+	wmu     sync.Mutex // guards the write fields
+	wbuf    []byte
+	wn      int
+	werr    error
+	writeFn func(uintptr) bool // c.writeAll
 }
 
 // wrapConn returns nc reading and writing with raw system calls, or nc
@@ -78,7 +98,9 @@ func wrapConn(nc net.Conn) net.Conn {
 	if !ok {
 		return nc
 	}
-	return &rawConn{Conn: nc, rc: rc}
+	c := &rawConn{Conn: nc, rc: rc}
+	c.readFn, c.writeFn = c.readOnce, c.writeAll
+	return c
 }
 
 // rawConnOf returns nc's syscall.RawConn, if it has one.
@@ -101,20 +123,12 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var rerr error
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = sysRead(int(fd), p)
-			switch rerr {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait for the poller
-			}
-			return true
-		}
-	})
+	c.rmu.Lock()
+	c.rbuf, c.rn, c.rerr = p, 0, nil
+	err := c.rc.Read(c.readFn)
+	n, rerr := c.rn, c.rerr
+	c.rbuf = nil
+	c.rmu.Unlock()
 	switch {
 	case err != nil:
 		return 0, err
@@ -126,26 +140,29 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Write writes all of p, waiting while the socket's buffer is full.
-func (c *rawConn) Write(p []byte) (int, error) {
-	var n int
-	var werr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			m, e := sysWrite(int(fd), p[n:])
-			switch e {
-			case nil:
-				n += m
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false // wait for the poller
-			default:
-				werr = e
-				return true
-			}
+// readOnce is Read's function on the descriptor: one read into c.rbuf, or
+// false to wait for the poller if there is nothing to read. c.rmu is held.
+func (c *rawConn) readOnce(fd uintptr) bool {
+	for {
+		c.rn, c.rerr = sysRead(int(fd), c.rbuf)
+		switch c.rerr {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // wait for the poller
 		}
 		return true
-	})
+	}
+}
+
+// Write writes all of p, waiting while the socket's buffer is full.
+func (c *rawConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	c.wbuf, c.wn, c.werr = p, 0, nil
+	err := c.rc.Write(c.writeFn)
+	n, werr := c.wn, c.werr
+	c.wbuf = nil
+	c.wmu.Unlock()
 	switch {
 	case err != nil:
 		return n, err
@@ -153,4 +170,23 @@ func (c *rawConn) Write(p []byte) (int, error) {
 		return n, os.NewSyscallError("write", werr)
 	}
 	return n, nil
+}
+
+// writeAll is Write's function on the descriptor: it writes c.wbuf from
+// c.wn on, or returns false to wait for room. c.wmu is held.
+func (c *rawConn) writeAll(fd uintptr) bool {
+	for c.wn < len(c.wbuf) {
+		m, e := sysWrite(int(fd), c.wbuf[c.wn:])
+		switch e {
+		case nil:
+			c.wn += m
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false // wait for the poller
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
 }

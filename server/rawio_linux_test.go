@@ -164,3 +164,48 @@ func TestRawCallsAllocs(t *testing.T) {
 		t.Fatalf("a write and two reads allocate %v times", n)
 	}
 }
+
+// TestRawConnAllocs pins rawConn's Read and Write, which connections on
+// goroutines and peer connections use for every batch, at zero
+// allocations, a read that waits for the poller included.
+func TestRawConnAllocs(t *testing.T) {
+	c, peer := rawPair(t)
+	msg, buf := []byte("response"), make([]byte, 64)
+	t.Run("ready", func(t *testing.T) {
+		n := testing.AllocsPerRun(1000, func() {
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(peer, buf[:len(msg)]); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := peer.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := io.ReadFull(c, buf[:len(msg)]); err != nil || n != len(msg) {
+				t.Fatalf("Read = %d, %v", n, err)
+			}
+		})
+		if n != 0 {
+			t.Fatalf("a write and a read allocate %v times", n)
+		}
+	})
+	t.Run("waiting", func(t *testing.T) {
+		// The peer writes only once the read waits: the first try finds
+		// nothing, and the poller wakes the reader.
+		go func() {
+			for range 101 { // AllocsPerRun runs once more than asked
+				time.Sleep(200 * time.Microsecond)
+				peer.Write(msg)
+			}
+		}()
+		n := testing.AllocsPerRun(100, func() {
+			if n, err := io.ReadFull(c, buf[:len(msg)]); err != nil || n != len(msg) {
+				t.Fatalf("Read = %d, %v", n, err)
+			}
+		})
+		if n != 0 {
+			t.Fatalf("a read that waits allocates %v times", n)
+		}
+	})
+}
