@@ -119,3 +119,24 @@ func BenchmarkSetParallel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSetWithMeta is a replica applying copies: each overwrites an
+// existing key with a newer CAS, as the active's writes arrive.
+func BenchmarkSetWithMeta(b *testing.B) {
+	for _, v := range benchValueSizes[:2] {
+		b.Run("value="+v.name, func(b *testing.B) {
+			s, keys := benchStore(b, 1<<30, v.size)
+			value := make([]byte, v.size)
+			b.ReportAllocs()
+			b.SetBytes(int64(v.size))
+			i := 0
+			for b.Loop() {
+				m := Meta{CAS: s.NextCAS() + 1}
+				if ok, err := s.SetWithMeta(keys[i%benchKeys], value, m); !ok || err != nil {
+					b.Fatalf("not applied: %v", err)
+				}
+				i++
+			}
+		})
+	}
+}

@@ -793,6 +793,31 @@ func TestAllocs(t *testing.T) {
 			t.Fatalf("Set overwrite: %v allocs, want 0", n)
 		}
 	})
+	// A replica's copies: a newer one replaces the item, an older one is
+	// ignored, a deletion of a key it does not hold does nothing.
+	t.Run("setWithMeta/newer", func(t *testing.T) {
+		if n := testing.AllocsPerRun(1000, func() {
+			if ok, _ := s.SetWithMeta(keys[0], value, Meta{CAS: s.NextCAS() + 1}); !ok {
+				t.Fatal("a newer copy was not applied")
+			}
+		}); n != 0 {
+			t.Fatalf("SetWithMeta: %v allocs, want 0", n)
+		}
+	})
+	t.Run("setWithMeta/older", func(t *testing.T) {
+		if n := testing.AllocsPerRun(1000, func() {
+			if ok, _ := s.SetWithMeta(keys[0], value, Meta{CAS: 1}); ok {
+				t.Fatal("an older copy was applied")
+			}
+		}); n != 0 {
+			t.Fatalf("SetWithMeta: %v allocs, want 0", n)
+		}
+	})
+	t.Run("deleteWithMeta/miss", func(t *testing.T) {
+		if n := testing.AllocsPerRun(1000, func() { s.DeleteWithMeta([]byte("nope"), s.NextCAS()) }); n != 0 {
+			t.Fatalf("DeleteWithMeta: %v allocs, want 0", n)
+		}
+	})
 }
 
 // TestHeapPerItem checks that items cost the Go heap only their index
