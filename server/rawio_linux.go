@@ -64,28 +64,37 @@ func sysEpollPoll(epfd int, events []syscall.EpollEvent) (int, error) {
 // rawConn is a TCP connection whose reads and writes use sysRead and
 // sysWrite, waiting for the socket through the runtime's poller as
 // net.Conn's do; deadlines and Close work as before.
-//
-// syscall.RawConn takes the function to run on the descriptor as an
-// interface's argument, so a closure made per call would escape, with
-// what it captures: three allocations per read or write. Each direction
-// instead keeps its function, bound once, and passes it the buffer and
-// takes back the result through fields, under a mutex that also keeps
-// concurrent reads (or writes) apart, as net.Conn's own lock does.
 type rawConn struct {
 	net.Conn
-	rc syscall.RawConn
+	rc          syscall.RawConn
+	read, write rawOp
+}
 
-	rmu    sync.Mutex // guards the read fields
-	rbuf   []byte
-	rn     int
-	rerr   error
-	readFn func(uintptr) bool // c.readOnce
+// rawOp is one direction of a rawConn. syscall.RawConn takes the function
+// to run on the descriptor as an interface's argument, so a closure made
+// per call would escape, with what it captures: three allocations per read
+// or write. Each direction instead keeps its function, bound once, and
+// passes it the buffer and takes back the result through these fields,
+// under a mutex that also keeps concurrent reads (or writes) apart, as
+// net.Conn's own lock does.
+type rawOp struct {
+	mu  sync.Mutex
+	buf []byte
+	n   int
+	err error              // the system call's
+	fn  func(uintptr) bool // rawConn.readOnce or rawConn.writeAll
+}
 
-	wmu     sync.Mutex // guards the write fields
-	wbuf    []byte
-	wn      int
-	werr    error
-	writeFn func(uintptr) bool // c.writeAll
+// do runs op.fn on p through call, c.rc's Read or Write, and returns the
+// bytes done, the system call's error and call's own.
+func (op *rawOp) do(call func(func(uintptr) bool) error, p []byte) (n int, sysErr, err error) {
+	op.mu.Lock()
+	op.buf, op.n, op.err = p, 0, nil
+	err = call(op.fn)
+	n, sysErr = op.n, op.err
+	op.buf = nil
+	op.mu.Unlock()
+	return n, sysErr, err
 }
 
 // wrapConn returns nc reading and writing with raw system calls, or nc
@@ -99,7 +108,7 @@ func wrapConn(nc net.Conn) net.Conn {
 		return nc
 	}
 	c := &rawConn{Conn: nc, rc: rc}
-	c.readFn, c.writeFn = c.readOnce, c.writeAll
+	c.read.fn, c.write.fn = c.readOnce, c.writeAll
 	return c
 }
 
@@ -123,12 +132,7 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	c.rmu.Lock()
-	c.rbuf, c.rn, c.rerr = p, 0, nil
-	err := c.rc.Read(c.readFn)
-	n, rerr := c.rn, c.rerr
-	c.rbuf = nil
-	c.rmu.Unlock()
+	n, rerr, err := c.read.do(c.rc.Read, p)
 	switch {
 	case err != nil:
 		return 0, err
@@ -140,12 +144,14 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// readOnce is Read's function on the descriptor: one read into c.rbuf, or
-// false to wait for the poller if there is nothing to read. c.rmu is held.
+// readOnce is Read's function on the descriptor: one read into c.read.buf,
+// or false to wait for the poller if there is nothing to read. c.read.mu
+// is held.
 func (c *rawConn) readOnce(fd uintptr) bool {
+	op := &c.read
 	for {
-		c.rn, c.rerr = sysRead(int(fd), c.rbuf)
-		switch c.rerr {
+		op.n, op.err = sysRead(int(fd), op.buf)
+		switch op.err {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
@@ -157,12 +163,7 @@ func (c *rawConn) readOnce(fd uintptr) bool {
 
 // Write writes all of p, waiting while the socket's buffer is full.
 func (c *rawConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	c.wbuf, c.wn, c.werr = p, 0, nil
-	err := c.rc.Write(c.writeFn)
-	n, werr := c.wn, c.werr
-	c.wbuf = nil
-	c.wmu.Unlock()
+	n, werr, err := c.write.do(c.rc.Write, p)
 	switch {
 	case err != nil:
 		return n, err
@@ -172,19 +173,21 @@ func (c *rawConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// writeAll is Write's function on the descriptor: it writes c.wbuf from
-// c.wn on, or returns false to wait for room. c.wmu is held.
+// writeAll is Write's function on the descriptor: it writes c.write.buf
+// from c.write.n on, or returns false to wait for room. c.write.mu is
+// held.
 func (c *rawConn) writeAll(fd uintptr) bool {
-	for c.wn < len(c.wbuf) {
-		m, e := sysWrite(int(fd), c.wbuf[c.wn:])
+	op := &c.write
+	for op.n < len(op.buf) {
+		m, e := sysWrite(int(fd), op.buf[op.n:])
 		switch e {
 		case nil:
-			c.wn += m
+			op.n += m
 		case syscall.EINTR:
 		case syscall.EAGAIN:
 			return false // wait for the poller
 		default:
-			c.werr = e
+			op.err = e
 			return true
 		}
 	}
