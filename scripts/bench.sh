@@ -1078,12 +1078,17 @@ runs() {
 	esac
 }
 
-# check_loads dies if BENCH_LOADS names a load that does not exist.
+# check_loads dies if BENCH_LOADS names a load that does not exist, or if
+# ROUNDS, or DURATION for the cluster loads, cannot be used.
 check_loads() {
 	local name
 	for name in $BENCH_LOADS; do
 		[[ -n $(kind_of "$name") ]] || die "BENCH_LOADS: no load named $name (loads: $(printf '%s\n' "${LOADS[@]}" | awk '{ print $1 }' | paste -sd' ' -))"
 	done
+	[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS=$ROUNDS: give a whole number of segments, 1 or more"
+	if selected fwd || selected repl || selected repl-d1; then
+		segment >/dev/null # fails now, not after the memcached loads, if DURATION cannot be split
+	fi
 }
 
 # ------------------------------------------------------------------- main
