@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# cluster-cpu.sh: the CPU each node of a 3-node local cluster spends per
+# cluster-cpu.sh: the CPU each node of a local cluster spends per
 # request, for A/B comparisons of builds on the cluster paths (BENCHMARKS.md,
 # "Parking"). bench.sh gives the issue's verdict; this gives the per-node
 # split and the system calls and context switches behind it.
 #
 #   scripts/cluster-cpu.sh [loadgen flags...]
 #
-# It starts 3 nodes on 127.0.0.1 (ports 16200-16202, gossip 17100-17102,
-# HTTP 18100-18102), stores 100,000 keys through the owner with loadgen's
-# load mode, runs loadgen for 10 s against ADDR, and prints ops/s and, for
+# It starts NODES nodes (3) on 127.0.0.1, node i on ports 1620i, gossip 1710i
+# and HTTP 1810i, stores 100,000 keys through the owner with loadgen's load
+# mode, runs loadgen for 10 s against ADDR, and prints ops/s and, for
 # each node, CPU µs per request (utime + stime from /proc/PID/stat over the
 # 6 s in the middle of the run), then reads, writes and voluntary context
 # switches per 1,000 requests. Examples:
@@ -22,6 +22,7 @@
 #
 # Environment:
 #   NODE_BIN   node binary (default: built from ./cmd/node)
+#   NODES      nodes in the cluster, 2 to 10 (3)
 #   REPLICAS   -replicas of every node (1)
 #   ADDR       node loadgen talks to (127.0.0.1:16200)
 #   OWNER      node whose keys loadgen uses (127.0.0.1:16200)
@@ -34,11 +35,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+NODES=${NODES:-3}
 REPLICAS=${REPLICAS:-1}
 ADDR=${ADDR:-127.0.0.1:16200}
 OWNER=${OWNER:-127.0.0.1:16200}
 PIN=${PIN:-0}
 SYSCALLS=${SYSCALLS:-0}
+if ! [[ $NODES =~ ^[0-9]+$ ]] || ((NODES < 2 || NODES > 10)); then
+	echo "cluster-cpu: NODES must be 2 to 10 (ports 1620N, 1710N and 1810N), not '$NODES'" >&2
+	exit 2
+fi
+nodes=$(seq 0 $((NODES - 1)))
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -71,22 +78,25 @@ if [[ $PIN == 1 ]]; then
 	node_pin=(taskset -c 0) lg_pin=(taskset -c 1)
 fi
 
-for i in 0 1 2; do
+for i in $nodes; do
 	join=()
 	((i > 0)) && join=(-join 127.0.0.1:17100)
 	env ${NODE_ENV:-} "${node_pin[@]}" "$NODE_BIN" -listen 127.0.0.1:1620$i -gossip 127.0.0.1:1710$i \
 		-http 127.0.0.1:1810$i -name n$i -replicas "$REPLICAS" "${join[@]}" -log-level warn >"$work/n$i.log" 2>&1 &
 	pids+=($!)
 done
-# Wait until every node sees the same map of all three, with nothing moving.
+# Wait until every node sees the same map of all of them, with nothing moving.
 settled() {
 	local i views=()
-	for i in 0 1 2; do
+	for i in $nodes; do
 		views+=("$(curl -fsS --max-time 2 "http://127.0.0.1:1810$i/cluster" 2>/dev/null | jq -r \
 			'[.rev, ((.map.servers // []) | length), ((.map.forward // []) | length),
 			  (.progress.vbuckets_moving // 0)] | map(tostring) | join(" ")' 2>/dev/null)")
 	done
-	[[ ${views[0]} == "${views[1]}" && ${views[0]} == "${views[2]}" && ${views[0]} == *" 3 0 0" ]]
+	[[ ${views[0]} == *" $NODES 0 0" ]] || return 1
+	for i in $nodes; do
+		[[ ${views[i]} == "${views[0]}" ]] || return 1
+	done
 }
 for _ in $(seq 120); do
 	settled && break
@@ -106,27 +116,27 @@ GOMAXPROCS=1 "${lg_pin[@]}" "$work/loadgen" -addr "$ADDR" -owner "$OWNER" -durat
 lg=$!
 sleep 4
 c0=() s0=()
-for i in 0 1 2; do c0[i]=$(cpu "${pids[i]}") s0[i]=$(io "${pids[i]}"); done
+for i in $nodes; do c0[i]=$(cpu "${pids[i]}") s0[i]=$(io "${pids[i]}"); done
 if [[ $SYSCALLS == 1 ]]; then
 	events=
 	for call in read write epoll_pwait epoll_wait epoll_ctl futex nanosleep sched_yield; do
 		events+=${events:+,}syscalls:sys_enter_$call
 	done
 	perfs=()
-	for i in 0 1 2; do
+	for i in $nodes; do
 		perf stat -x, -e "$events" -p "${pids[i]}" -- sleep 6 2>"$work/syscalls$i.csv" &
 		perfs+=($!)
 	done
 fi
 sleep 6
 c1=() s1=()
-for i in 0 1 2; do c1[i]=$(cpu "${pids[i]}") s1[i]=$(io "${pids[i]}"); done
+for i in $nodes; do c1[i]=$(cpu "${pids[i]}") s1[i]=$(io "${pids[i]}"); done
 wait $lg || { cat "$work/run.txt"; exit 1; }
 rate=$(awk '/^measured/{print $(NF-1)}' "$work/run.txt")
 hz=$(getconf CLK_TCK)
 echo "loadgen $* against $ADDR (keys of $OWNER), replicas $REPLICAS, pinned $PIN: $rate ops/s"
 total=0
-for i in 0 1 2; do
+for i in $nodes; do
 	ticks=$((c1[i] - c0[i]))
 	total=$((total + ticks))
 	read -r r0 w0 v0 <<<"${s0[i]}"
@@ -138,7 +148,7 @@ done
 awk -v t="$total" -v hz="$hz" -v r="$rate" 'BEGIN{printf "  total: %.2f µs/op\n", t * 1e6 / hz / (r * 6)}'
 if [[ $SYSCALLS == 1 ]]; then
 	wait "${perfs[@]}"
-	for i in 0 1 2; do
+	for i in $nodes; do
 		awk -F, -v n="n$i" -v r="$rate" '$3 ~ /sys_enter_/ {sub(/.*sys_enter_/, "", $3); line = line sprintf(" %s %.0f,", $3, $1 * 1000 / (r * 6))}
 			END {sub(/,$/, "", line); print "  " n " system calls per 1k ops:" line}' "$work/syscalls$i.csv"
 	done
