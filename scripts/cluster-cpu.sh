@@ -16,6 +16,7 @@
 #   REPLICAS=0 OWNER=127.0.0.1:16201 scripts/cluster-cpu.sh -conns 16 -depth 1   # forwarded, A to B
 #   scripts/cluster-cpu.sh -conns 16 -depth 16 -get-ratio 0                      # sync-replicated SETs
 #   PIN=1 scripts/cluster-cpu.sh -conns 16 -depth 16 -get-ratio 0                # nodes on CPU 0, loadgen on CPU 1
+#   OWNER=all scripts/cluster-cpu.sh -conns 5 -depth 1 -get-ratio 0              # every node's keys, 5 connections each
 #
 # Needs curl and jq, and installs them with apt-get if missing, as bench.sh
 # does.
@@ -25,7 +26,10 @@
 #   NODES      nodes in the cluster, 2 to 10 (3)
 #   REPLICAS   -replicas of every node (1)
 #   ADDR       node loadgen talks to (127.0.0.1:16200)
-#   OWNER      node whose keys loadgen uses (127.0.0.1:16200)
+#   OWNER      node whose keys loadgen uses (127.0.0.1:16200); "all": one
+#              loadgen per node, each with the flags given, on that node's
+#              keys and talking to it (ADDR unused), as vbucket-aware
+#              clients spread over the cluster; ops/s is their sum
 #   PIN        1: pin the nodes to CPU 0 and loadgen to CPU 1 (0)
 #   NODE_ENV   extra environment for the nodes, e.g. GOMAXPROCS=1
 #   SYSCALLS   1: also count each node's system calls by kind over the same
@@ -46,6 +50,12 @@ if ! [[ $NODES =~ ^[0-9]+$ ]] || ((NODES < 2 || NODES > 10)); then
 	exit 2
 fi
 nodes=$(seq 0 $((NODES - 1)))
+owners=("$OWNER") addrs=("$ADDR")
+if [[ $OWNER == all ]]; then
+	owners=() addrs=()
+	for i in $nodes; do owners+=("127.0.0.1:1620$i"); done
+	addrs=("${owners[@]}")
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -103,17 +113,22 @@ for _ in $(seq 120); do
 	sleep 0.5
 done
 settled || { echo "cluster-cpu: the cluster did not settle in 60 s" >&2; exit 1; }
-"$work/loadgen" -mode load -items 100000 -addr "$OWNER" -owner "$OWNER" >"$work/prefill.txt" 2>&1 ||
-	{ cat "$work/prefill.txt" >&2; exit 1; }
+for owner in "${owners[@]}"; do
+	"$work/loadgen" -mode load -items 100000 -addr "$owner" -owner "$owner" >"$work/prefill.txt" 2>&1 ||
+		{ cat "$work/prefill.txt" >&2; exit 1; }
+done
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 io() {
 	awk '/^syscr/{r=$2} /^syscw/{w=$2} END{printf "%s %s ", r, w}' "/proc/$1/io"
 	cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/{v+=$2} END{print v}'
 }
-GOMAXPROCS=1 "${lg_pin[@]}" "$work/loadgen" -addr "$ADDR" -owner "$OWNER" -duration 10s -warmup 1s \
-	-keys 100000 -prefill=false "$@" >"$work/run.txt" 2>&1 &
-lg=$!
+lgs=()
+for j in "${!owners[@]}"; do
+	GOMAXPROCS=1 "${lg_pin[@]}" "$work/loadgen" -addr "${addrs[j]}" -owner "${owners[j]}" -duration 10s -warmup 1s \
+		-keys 100000 -prefill=false "$@" >"$work/run$j.txt" 2>&1 &
+	lgs+=($!)
+done
 sleep 4
 c0=() s0=()
 for i in $nodes; do c0[i]=$(cpu "${pids[i]}") s0[i]=$(io "${pids[i]}"); done
@@ -131,10 +146,17 @@ fi
 sleep 6
 c1=() s1=()
 for i in $nodes; do c1[i]=$(cpu "${pids[i]}") s1[i]=$(io "${pids[i]}"); done
-wait $lg || { cat "$work/run.txt"; exit 1; }
-rate=$(awk '/^measured/{print $(NF-1)}' "$work/run.txt")
+rate=0
+for j in "${!lgs[@]}"; do
+	wait "${lgs[j]}" || { cat "$work/run$j.txt"; exit 1; }
+	rate=$(awk -v sum="$rate" '/^measured/{print sum + $(NF-1)}' "$work/run$j.txt")
+done
 hz=$(getconf CLK_TCK)
-echo "loadgen $* against $ADDR (keys of $OWNER), replicas $REPLICAS, pinned $PIN: $rate ops/s"
+if [[ $OWNER == all ]]; then
+	echo "loadgen $* against each of the $NODES nodes (its own keys), replicas $REPLICAS, pinned $PIN: $rate ops/s in all"
+else
+	echo "loadgen $* against $ADDR (keys of $OWNER), replicas $REPLICAS, pinned $PIN: $rate ops/s"
+fi
 total=0
 for i in $nodes; do
 	ticks=$((c1[i] - c0[i]))
