@@ -83,6 +83,11 @@ type Config struct {
 	// Replicas is the number of replica copies of each vbucket. Default 1;
 	// negative means 0.
 	Replicas int
+	// ReplicaPartners bounds how many members hold the replicas of one
+	// member's active vbuckets (vbucket.Place): 0, the default, spreads
+	// them over every other member; otherwise at least Replicas. Like
+	// Replicas, it takes effect where this node authors the map.
+	ReplicaPartners int
 	// Logger receives membership and map events. Default slog.Default().
 	Logger *slog.Logger
 	// JoinRetry is how often unreachable seeds are retried. Default 2s.
@@ -188,6 +193,10 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	cfg.Replicas = max(cfg.Replicas, 0)
+	if p := cfg.ReplicaPartners; p < 0 || p > 0 && p < cfg.Replicas {
+		return nil, fmt.Errorf("cluster: %d replica partners for %d replicas: want 0 (every other member) or at least the replicas",
+			p, cfg.Replicas)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -269,7 +278,8 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c.ml = ml
 	c.gossipAddr = ml.LocalNode().Address() // before any UpdateNode can race with it
-	c.log.Info("gossip started", "gossip", c.gossipAddr, "kv", cfg.KV, "vbuckets", cfg.VBuckets, "replicas", cfg.Replicas)
+	c.log.Info("gossip started", "gossip", c.gossipAddr, "kv", cfg.KV, "vbuckets", cfg.VBuckets, "replicas", cfg.Replicas,
+		"replica_partners", cfg.ReplicaPartners)
 	if seeds := c.missingSeeds(); len(seeds) > 0 {
 		if n, err := ml.Join(seeds); err != nil {
 			if !c.keyRefused(seeds, err) {
@@ -534,7 +544,7 @@ func (c *Cluster) placement(servers []vbucket.Server) (*vbucket.Map, error) {
 	if c.target != nil && slices.Equal(c.target.Servers, servers) {
 		return c.target, nil
 	}
-	m, err := vbucket.Build(0, servers, c.cfg.VBuckets, c.cfg.Replicas)
+	m, err := vbucket.Build(0, servers, c.cfg.VBuckets, c.cfg.Replicas, c.cfg.ReplicaPartners)
 	if err != nil {
 		return nil, err
 	}

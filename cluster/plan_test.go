@@ -17,7 +17,7 @@ func servers(names ...string) []vbucket.Server {
 
 func build(t *testing.T, names ...string) *vbucket.Map {
 	t.Helper()
-	m, err := vbucket.Build(1, servers(names...), 64, 1)
+	m, err := vbucket.Build(1, servers(names...), 64, 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

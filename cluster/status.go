@@ -14,6 +14,7 @@ type Status struct {
 	Rev         int64          `json:"rev"`
 	VBuckets    int            `json:"vbuckets"`
 	Replicas    int            `json:"replicas"`
+	Partners    int            `json:"replica_partners"` // 0: every other member
 	Coordinator string         `json:"coordinator"`
 	Members     []MemberStatus `json:"members"`
 	Map         *vbucket.Map   `json:"map"`
@@ -38,7 +39,7 @@ type MemberStatus struct {
 func (c *Cluster) Status() Status {
 	m := c.cur.Load()
 	st := Status{
-		Node: c.cfg.Name, VBuckets: c.cfg.VBuckets, Replicas: c.cfg.Replicas,
+		Node: c.cfg.Name, VBuckets: c.cfg.VBuckets, Replicas: c.cfg.Replicas, Partners: c.cfg.ReplicaPartners,
 		Coordinator: coordinator(c.live()), Map: m,
 	}
 	var active, replica []int

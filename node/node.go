@@ -77,6 +77,8 @@ type Config struct {
 	// VBuckets (default 1024) and Replicas (default 1 in cluster mode).
 	VBuckets int
 	Replicas int
+	// ReplicaPartners: see cluster.Config.
+	ReplicaPartners int
 	// AsyncReplication acknowledges writes before replicas have them.
 	AsyncReplication bool
 }
@@ -153,7 +155,8 @@ func New(cfg Config) (*Node, error) {
 		}
 		ccfg := cluster.Config{
 			Name: cfg.Name, Gossip: cfg.Gossip, Advertise: cfg.Advertise, Seeds: cfg.Seeds,
-			KV: n.kvAddr, VBuckets: cfg.VBuckets, Replicas: cfg.Replicas, Logger: cfg.Logger,
+			KV: n.kvAddr, VBuckets: cfg.VBuckets, Replicas: cfg.Replicas, ReplicaPartners: cfg.ReplicaPartners,
+			Logger:    cfg.Logger,
 			GossipKey: cfg.GossipKey, PeerCheck: check,
 		}
 		if cfg.Advertise == "" {

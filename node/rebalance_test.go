@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -609,5 +610,51 @@ func TestBackfillWindow(t *testing.T) {
 	}
 	if checked < len(stored)/2 {
 		t.Fatalf("only %d copies to check for %d items: the join moved too little to test", checked, len(stored))
+	}
+}
+
+// TestReplicaPartners: with ReplicaPartners 1 each node's vbuckets are
+// replicated to one node only, the next in name order. When a node fails,
+// no write acknowledged before is lost, and the survivors' map keeps the
+// bound.
+func TestReplicaPartners(t *testing.T) {
+	names := []string{"node0", "node1", "node2", "node3"}
+	nodes := []*testNode{startNodeWith(t, names[0], Config{ReplicaPartners: 1})}
+	for _, name := range names[1:] {
+		nodes = append(nodes, startNodeWith(t, name, Config{ReplicaPartners: 1, Seeds: []string{nodes[0].Cluster().GossipAddr()}}))
+	}
+	m := waitSettled(t, nodes, 30*time.Second)
+	checkPartners := func(m *vbucket.Map) {
+		t.Helper()
+		for vb, row := range m.VBuckets {
+			next := (row[0] + 1) % len(m.Servers) // Servers are sorted by name
+			if row[1] != next {
+				t.Fatalf("rev %d vbucket %d: active %s, replica %v; want the replica on %s",
+					m.Rev, vb, m.Servers[row[0]].Name, row[1], m.Servers[next].Name)
+			}
+		}
+	}
+	checkPartners(m)
+	loadKeys(t, nodes[0].KVAddr(), "item", 5000)
+
+	victim := nodes[1]
+	victim.Close()
+	nodes = slices.Delete(nodes, 1, 2)
+	// The failover map leaves the victim's replicas missing (-1); the
+	// rebalance after it rebuilds them.
+	deadline := time.Now().Add(60 * time.Second)
+	for m = waitSettled(t, nodes, 60*time.Second); slices.ContainsFunc(m.VBuckets, func(row []int) bool { return row[1] < 0 }); {
+		if time.Now().After(deadline) {
+			t.Fatalf("rev %d still lacks replicas 60s after the failover", m.Rev)
+		}
+		time.Sleep(50 * time.Millisecond)
+		m = waitSettled(t, nodes, 60*time.Second)
+	}
+	checkPartners(m)
+	if got := readKeys(t, nodes[0].KVAddr(), "item", 5000); len(got) != 5000 {
+		t.Fatalf("after failover and rebalance %d of 5000 keys", len(got))
+	}
+	if !strings.Contains(nodes[0].log.String()+nodes[1].log.String()+nodes[2].log.String(), "replica_partners=1") {
+		t.Error("no node logged replica_partners=1 when gossip started")
 	}
 }

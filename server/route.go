@@ -88,7 +88,7 @@ type router struct {
 // config names it as $HOST:kvPort (clients substitute the address they
 // connected to for $HOST).
 func (r *router) single(kvPort string) *routes {
-	m, err := vbucket.Build(1, []vbucket.Server{{Name: "self", KV: "$HOST:" + kvPort}}, r.n, 0)
+	m, err := vbucket.Build(1, []vbucket.Server{{Name: "self", KV: "$HOST:" + kvPort}}, r.n, 0, 0)
 	if err != nil {
 		panic(err) // n was validated by New
 	}

@@ -53,7 +53,7 @@ func TestClientConfig(t *testing.T) {
 		{Name: "node0", KV: "127.0.0.1:11210", HTTP: "127.0.0.1:18091"},
 		{Name: "node1", KV: "127.0.0.1:11211"},
 		{Name: "node2", KV: "127.0.0.1:11212", HTTP: "127.0.0.1:18093"},
-	}, 64, 1)
+	}, 64, 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func BenchmarkClientConfig(b *testing.B) {
 		{Name: "node0", KV: "10.0.0.1:11210", HTTP: "10.0.0.1:8091"},
 		{Name: "node1", KV: "10.0.0.2:11210", HTTP: "10.0.0.2:8091"},
 		{Name: "node2", KV: "10.0.0.3:11210", HTTP: "10.0.0.3:8091"},
-	}, DefaultVBuckets, 1)
+	}, DefaultVBuckets, 1, 0)
 	if err != nil {
 		b.Fatal(err)
 	}

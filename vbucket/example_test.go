@@ -17,7 +17,7 @@ func ExampleBuild() {
 	m, err := vbucket.Build(1, []vbucket.Server{
 		{Name: "node1", KV: "10.0.0.2:11210"},
 		{Name: "node0", KV: "10.0.0.1:11210", HTTP: "10.0.0.1:8091"},
-	}, vbucket.DefaultVBuckets, 1)
+	}, vbucket.DefaultVBuckets, 1, 0)
 	if err != nil {
 		panic(err)
 	}

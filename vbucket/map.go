@@ -128,16 +128,17 @@ func (m *Map) Counts() (active, replica []int) {
 }
 
 // Build returns a Map at rev over a copy of servers, sorted by Name, with n
-// vbuckets placed by Place with replicas replica copies each. The caller
-// keeps servers.
-func Build(rev int64, servers []Server, n, replicas int) (*Map, error) {
+// vbuckets placed by Place with replicas replica copies each, on at most
+// partners other members per active member (0: any). The caller keeps
+// servers.
+func Build(rev int64, servers []Server, n, replicas, partners int) (*Map, error) {
 	sorted := slices.Clone(servers)
 	slices.SortFunc(sorted, func(a, b Server) int { return strings.Compare(a.Name, b.Name) })
 	names := make([]string, len(sorted))
 	for i, s := range sorted {
 		names[i] = s.Name
 	}
-	rows, err := Place(names, n, replicas)
+	rows, err := Place(names, n, replicas, partners)
 	if err != nil {
 		return nil, err
 	}

@@ -133,7 +133,7 @@ func TestBuild(t *testing.T) {
 		{Name: "node1", KV: "10.0.0.1:11210"},
 	}
 	given := slices.Clone(servers)
-	m, err := Build(5, servers, 64, 1)
+	m, err := Build(5, servers, 64, 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,21 +151,21 @@ func TestBuild(t *testing.T) {
 	}
 	// The same set in another order builds the same map.
 	slices.Reverse(servers)
-	again, err := Build(5, servers, 64, 1)
+	again, err := Build(5, servers, 64, 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !m.SamePlacement(again) {
 		t.Error("Build depends on the order of servers")
 	}
-	rows, _ := Place([]string{"node0", "node1", "node2"}, 64, 1)
+	rows, _ := Place([]string{"node0", "node1", "node2"}, 64, 1, 0)
 	if !slices.EqualFunc(m.VBuckets, rows, slices.Equal) {
 		t.Error("Build's rows differ from Place over the sorted names")
 	}
-	if _, err := Build(1, append(servers, Server{Name: "node1"}), 64, 1); !errors.Is(err, ErrDuplicate) {
+	if _, err := Build(1, append(servers, Server{Name: "node1"}), 64, 1, 0); !errors.Is(err, ErrDuplicate) {
 		t.Errorf("Build with a duplicate name: %v", err)
 	}
-	if _, err := Build(1, nil, 64, 1); !errors.Is(err, ErrNoMembers) {
+	if _, err := Build(1, nil, 64, 1, 0); !errors.Is(err, ErrNoMembers) {
 		t.Errorf("Build without servers: %v", err)
 	}
 }

@@ -10,11 +10,20 @@ import (
 )
 
 // Place computes which members hold each of n vbuckets, with replicas
-// replica copies. It depends only on the set of names (not their order), n
-// and replicas, so every node computing it from the same member set gets
-// the same answer. Rows index into members as given. Row r is [active,
+// replica copies. It depends only on the set of names (not their order), n,
+// replicas and partners, so every node computing it from the same member
+// set gets the same answer. Rows index into members as given. Row r is [active,
 // replica1, ...]; when there are fewer members than replicas+1, the missing
 // replica entries are -1. No member appears twice in a row.
+//
+// partners bounds how many members hold the replicas of one member's
+// active vbuckets: with partners > 0, a vbucket's replicas are among the
+// partners members that follow its active member in name order (wrapping
+// around), the member's partners; 0 allows every member. Fewer partners
+// make a replicated write cheaper, since each write wakes every partner it
+// has copies for, but put a failed member's load on fewer survivors; see
+// the package documentation. partners below replicas leaves no room for the
+// replicas and is an error.
 //
 // Every member holds between lo and hi vbuckets in each row position, where
 // [lo, hi] is n/len(members) ±10% rounded inwards, widened to floor and ceil
@@ -23,7 +32,8 @@ import (
 // no room (e.g. with 3 members and 2 replicas the last position is forced).
 //
 // Errors: no members, duplicate names, n not a power of two in
-// [1, MaxVBuckets], replicas outside [0, MaxReplicas]. Place allocates the
+// [1, MaxVBuckets], replicas outside [0, MaxReplicas], partners negative or
+// in [1, replicas). Place allocates the
 // rows, which the caller owns; it does not block and is safe for concurrent
 // use.
 //
@@ -34,7 +44,8 @@ import (
 // score, xxhash of the member name's xxhash and the vbucket number
 // (rendezvous hashing). Vbuckets prefer high-scoring members and members
 // prefer high-scoring vbuckets. Each row position is filled in turn, among
-// the members not already in the row:
+// the members not already in the row (and, for a replica position with
+// partners > 0, among the active member's partners):
 //
 //  1. Deferred acceptance under capacity hi: each vbucket proposes to its
 //     best remaining member; a member keeps its hi best proposals and turns
@@ -46,7 +57,7 @@ import (
 // On a join the new member takes the vbuckets it scores best on, and those
 // beyond its capacity go back to their next choice, the member that held
 // them before. TestPlaceMovement prints the figures.
-func Place(members []string, n, replicas int) ([][]int, error) {
+func Place(members []string, n, replicas, partners int) ([][]int, error) {
 	if len(members) == 0 {
 		return nil, ErrNoMembers
 	}
@@ -55,6 +66,10 @@ func Place(members []string, n, replicas int) ([][]int, error) {
 	}
 	if replicas < 0 || replicas > MaxReplicas {
 		return nil, fmt.Errorf("%w: %d is outside [0, %d]", ErrBadReplicas, replicas, MaxReplicas)
+	}
+	if partners < 0 || partners > 0 && partners < replicas {
+		return nil, fmt.Errorf("%w: %d replica partners for %d replicas (0 for any member, else at least the replicas)",
+			ErrBadReplicas, partners, replicas)
 	}
 	// Work on the names in sorted order so that the result cannot depend on
 	// the order they came in; byName[i] is the index in members of the i-th.
@@ -69,7 +84,7 @@ func Place(members []string, n, replicas int) ([][]int, error) {
 		}
 	}
 
-	p := newPlacer(members, byName, n, replicas+1)
+	p := newPlacer(members, byName, n, replicas+1, partners)
 	sorted := make([]string, len(byName))
 	for i, idx := range byName {
 		sorted[i] = members[idx]
@@ -93,15 +108,16 @@ func Place(members []string, n, replicas int) ([][]int, error) {
 // placer holds the state of one Place call. Member numbers are ranks in
 // name order.
 type placer struct {
-	n, k   int
-	lo, hi int      // band of vbuckets per member in each row position
-	seeds  []uint64 // per member: xxhash of its name
-	depth  int      // members kept in each vbucket's preference list
-	prefs  []choice // per vbucket: its depth best members, best first
-	rows   [][]int  // the result, member ranks; -1 where not yet filled
-	count  []int    // per member: vbuckets held in the position being filled
-	held   []heap   // per member: vbuckets accepted in step 1
-	last   []choice // per vbucket: the last member it proposed to
+	n, k     int
+	partners int      // a replica is within this many ranks after the active; 0: any
+	lo, hi   int      // band of vbuckets per member in each row position
+	seeds    []uint64 // per member: xxhash of its name
+	depth    int      // members kept in each vbucket's preference list
+	prefs    []choice // per vbucket: its depth best members, best first
+	rows     [][]int  // the result, member ranks; -1 where not yet filled
+	count    []int    // per member: vbuckets held in the position being filled
+	held     []heap   // per member: vbuckets accepted in step 1
+	last     []choice // per vbucket: the last member it proposed to
 }
 
 // spareChoices is how many preferences beyond one per row position each
@@ -121,10 +137,13 @@ func (a choice) before(b choice) bool {
 	return a.score > b.score || a.score == b.score && a.m < b.m
 }
 
-func newPlacer(members []string, byName []int, n, width int) *placer {
+func newPlacer(members []string, byName []int, n, width, partners int) *placer {
 	k := len(members)
+	if partners >= k-1 {
+		partners = 0 // every other member is a partner
+	}
 	p := &placer{
-		n: n, k: k,
+		n: n, k: k, partners: partners,
 		lo:    min(n/k, (9*n+10*k-1)/(10*k)),
 		hi:    max((n+k-1)/k, 11*n/(10*k)),
 		seeds: make([]uint64, k),
@@ -178,9 +197,17 @@ func (p *placer) rank(vb int) {
 }
 
 // allowed reports whether m may take position pos of vb's row: it is not in
-// the positions before.
+// the positions before, and in a replica position it is one of the active
+// member's partners.
 func (p *placer) allowed(vb, pos, m int) bool {
-	return !slices.Contains(p.rows[vb][:pos], m)
+	if slices.Contains(p.rows[vb][:pos], m) {
+		return false
+	}
+	if pos == 0 || p.partners == 0 {
+		return true
+	}
+	d := (m - p.rows[vb][0] + p.k) % p.k // ranks after the active
+	return d >= 1 && d <= p.partners
 }
 
 // next returns vb's best allowed member ranking below after (or its best of

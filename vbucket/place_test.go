@@ -20,7 +20,7 @@ func names(format string, k int) []string {
 
 func mustPlace(t testing.TB, members []string, n, replicas int) [][]int {
 	t.Helper()
-	rows, err := Place(members, n, replicas)
+	rows, err := Place(members, n, replicas, 0)
 	if err != nil {
 		t.Fatalf("Place(%d members, %d, %d): %v", len(members), n, replicas, err)
 	}
@@ -182,18 +182,21 @@ func TestPlaceErrors(t *testing.T) {
 		members  []string
 		n        int
 		replicas int
+		partners int
 		want     error
 	}{
-		{"no members", nil, 1024, 1, ErrNoMembers},
-		{"duplicate", []string{"a", "b", "a"}, 1024, 1, ErrDuplicate},
-		{"zero vbuckets", []string{"a"}, 0, 1, ErrBadCount},
-		{"not a power of two", []string{"a"}, 1000, 1, ErrBadCount},
-		{"too many vbuckets", []string{"a"}, 2 * MaxVBuckets, 1, ErrBadCount},
-		{"negative replicas", []string{"a"}, 1024, -1, ErrBadReplicas},
-		{"too many replicas", []string{"a"}, 1024, MaxReplicas + 1, ErrBadReplicas},
+		{"no members", nil, 1024, 1, 0, ErrNoMembers},
+		{"duplicate", []string{"a", "b", "a"}, 1024, 1, 0, ErrDuplicate},
+		{"zero vbuckets", []string{"a"}, 0, 1, 0, ErrBadCount},
+		{"not a power of two", []string{"a"}, 1000, 1, 0, ErrBadCount},
+		{"too many vbuckets", []string{"a"}, 2 * MaxVBuckets, 1, 0, ErrBadCount},
+		{"negative replicas", []string{"a"}, 1024, -1, 0, ErrBadReplicas},
+		{"too many replicas", []string{"a"}, 1024, MaxReplicas + 1, 0, ErrBadReplicas},
+		{"negative partners", []string{"a", "b"}, 1024, 1, -1, ErrBadReplicas},
+		{"fewer partners than replicas", []string{"a", "b", "c", "d"}, 1024, 2, 1, ErrBadReplicas},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rows, err := Place(tc.members, tc.n, tc.replicas)
+			rows, err := Place(tc.members, tc.n, tc.replicas, tc.partners)
 			if !errors.Is(err, tc.want) || rows != nil {
 				t.Fatalf("Place = %d rows, %v; want %v", len(rows), err, tc.want)
 			}
@@ -207,10 +210,122 @@ func BenchmarkPlace(b *testing.B) {
 			members := names("node%d", bc.k)
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := Place(members, bc.n, 1); err != nil {
+				if _, err := Place(members, bc.n, 1, 0); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
+	}
+}
+
+func TestPlacePartners(t *testing.T) {
+	const n = DefaultVBuckets
+	for _, tc := range []struct{ replicas, partners int }{{1, 1}, {1, 2}, {2, 2}, {1, 3}, {2, 3}} {
+		for k := 2; k <= 12; k++ {
+			t.Run(fmt.Sprintf("members=%d/replicas=%d/partners=%d", k, tc.replicas, tc.partners), func(t *testing.T) {
+				members := names("node%d", k)
+				rows := mustPlacePartners(t, members, n, tc.replicas, tc.partners)
+				checkRows(t, rows, k, n, tc.replicas)
+				// Members are named in rank order here (node10 sorts before
+				// node2, so rank by name).
+				rank := make([]int, k)
+				sorted := slices.Clone(members)
+				slices.Sort(sorted)
+				for i, name := range members {
+					rank[i] = slices.Index(sorted, name)
+				}
+				held := make([]map[int]bool, k) // per member: the members holding its replicas
+				for i := range held {
+					held[i] = map[int]bool{}
+				}
+				for vb, row := range rows {
+					for _, m := range row[1:] {
+						if m < 0 {
+							continue
+						}
+						held[row[0]][m] = true
+						if d := (rank[m] - rank[row[0]] + k) % k; tc.partners < k-1 && d > tc.partners {
+							t.Fatalf("vbucket %d: replica %s is %d after active %s, more than %d partners",
+								vb, members[m], d, members[row[0]], tc.partners)
+						}
+					}
+				}
+				// Actives keep their band. A replica position can be forced
+				// (with 2 replicas and 2 partners, the second replica is the
+				// partner the first is not), so it is each member's copies
+				// over all replica positions, what it stores and applies,
+				// that must be even.
+				fair := float64(n) / float64(k)
+				lo, hi, dev := spread(positionCounts(rows, k, 0), fair)
+				line := fmt.Sprintf("%2d members, fair %5.1f: active %d..%d (%4.1f%%)", k, fair, lo, hi, 100*dev)
+				if dev > 0.10 {
+					t.Errorf("active counts %d..%d, more than 10%% from %.1f", lo, hi, fair)
+				}
+				copies := make([]int, k)
+				for pos := 1; pos <= tc.replicas && pos < k; pos++ {
+					for m, c := range positionCounts(rows, k, pos) {
+						copies[m] += c
+					}
+				}
+				want := fair * float64(min(tc.replicas, k-1))
+				lo, hi, dev = spread(copies, want)
+				line += fmt.Sprintf("  replica copies %d..%d (%4.1f%%)", lo, hi, 100*dev)
+				if dev > 0.10 {
+					t.Errorf("replica copies per member %d..%d, more than 10%% from %.1f", lo, hi, want)
+				}
+				for m, h := range held {
+					if want := min(tc.partners, k-1); len(h) != want {
+						t.Errorf("%s's replicas are on %d members, want %d", members[m], len(h), want)
+					}
+				}
+				t.Log(line)
+			})
+		}
+	}
+}
+
+// TestPlacePartnersAll: partners that cover every other member change
+// nothing.
+func TestPlacePartnersAll(t *testing.T) {
+	for k := 2; k <= 5; k++ {
+		members := names("node%d", k)
+		want := mustPlace(t, members, 256, 1)
+		for partners := k - 1; partners <= k+1; partners++ {
+			if got := mustPlacePartners(t, members, 256, 1, partners); !slices.EqualFunc(got, want, slices.Equal) {
+				t.Errorf("%d members, %d partners: placement differs from partners 0", k, partners)
+			}
+		}
+	}
+}
+
+func mustPlacePartners(t testing.TB, members []string, n, replicas, partners int) [][]int {
+	t.Helper()
+	rows, err := Place(members, n, replicas, partners)
+	if err != nil {
+		t.Fatalf("Place(%d members, %d, %d, %d): %v", len(members), n, replicas, partners, err)
+	}
+	return rows
+}
+
+// TestPlacePartnersMovement: on a join, actives move as without partners;
+// replicas move about twice as much, since the new member changes the
+// partners of the members before it.
+func TestPlacePartnersMovement(t *testing.T) {
+	const n = DefaultVBuckets
+	for _, partners := range []int{1, 2} {
+		members := names("node%d", 12)
+		prev := mustPlacePartners(t, members[:2], n, 1, partners)
+		for k := 2; k < 12; k++ {
+			next := mustPlacePartners(t, members[:k+1], n, 1, partners)
+			owner, _, replicaCopies := moves(prev, next)
+			fair := float64(n) / float64(k+1)
+			t.Logf("partners %d, %2d->%2d members: active owner changed %.2f x fair, new replica copies %.2f x fair",
+				partners, k, k+1, float64(owner)/fair, float64(replicaCopies)/fair)
+			if float64(owner) > 1.3*fair || float64(replicaCopies) > 2.5*fair {
+				t.Errorf("partners %d, %d->%d members: %d owners changed, %d new replica copies; want at most 1.3 and 2.5 x %.1f",
+					partners, k, k+1, owner, replicaCopies, fair)
+			}
+			prev = next
+		}
 	}
 }

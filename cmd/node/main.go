@@ -62,6 +62,7 @@ type options struct {
 	http        string
 	vbuckets    int
 	replicas    int
+	partners    int
 	replication string
 
 	// fromEnv maps the name of each flag set from the environment to
@@ -129,6 +130,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.http, "http", "", "HTTP `host:port` for the dashboard at /, /metrics (Prometheus), /cluster, /healthz, the /pools endpoints go-couchbase reads and Go's profiler under /debug/pprof/ (default: none; bind it to a private address)")
 	fs.IntVar(&o.vbuckets, "vbuckets", 1024, "number of vbuckets, a power of two, fixed for the life of a cluster; a node with another count is refused")
 	fs.IntVar(&o.replicas, "replicas", 1, "replica copies of each vbucket, 0 to 3 (cluster mode)")
+	fs.IntVar(&o.partners, "replica-partners", 0, "most nodes that hold the replicas of one node's vbuckets, at least -replicas; 0: every other node. Fewer make a sync-replicated write cheaper, but put a failed node's load on fewer survivors until the rebalance. The map's author (the coordinator) applies its own, as with -replicas")
 	fs.StringVar(&o.replication, "replication", "sync", "`mode`: sync acknowledges a write once its replicas have it; async acknowledges first, unless a replica is 4 MiB behind")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env := envName(f.Name); env != "" {
@@ -224,11 +226,15 @@ func (o *options) check() error {
 	if o.replicas < 0 || o.replicas > 3 {
 		return fmt.Errorf("%s %d is outside 0..3", f("replicas"), o.replicas)
 	}
+	if o.partners < 0 || o.partners > 0 && o.partners < o.replicas {
+		return fmt.Errorf("%s %d: want 0 (every other node) or at least %s (%d)", f("replica-partners"), o.partners, f("replicas"), o.replicas)
+	}
 	if o.gossip == "" {
 		for _, c := range []struct {
 			name string
 			set  bool
-		}{{"join", o.join != ""}, {"name", o.name != ""}, {"gossip-key", len(o.gossipKey) > 0}} {
+		}{{"join", o.join != ""}, {"name", o.name != ""}, {"gossip-key", len(o.gossipKey) > 0},
+			{"replica-partners", o.partners != 0}} {
 			if c.set {
 				return fmt.Errorf("%s needs -gossip (cluster mode)", f(c.name))
 			}
@@ -290,23 +296,24 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	n, err := node.New(node.Config{
-		Listen:      o.listen,
-		MemoryLimit: int64(o.memoryLimit),
-		MaxItemSize: int(o.maxItemSize),
-		MaxConns:    o.maxConns,
-		IdleTimeout: o.idleTimeout,
-		Users:       users,
-		PeerUser:    o.peerUser,
-		Version:     "1.6.0-vbcache-" + version,
-		Logger:      log,
-		Gossip:      o.gossip,
-		GossipKey:   o.gossipKey,
-		Seeds:       o.seeds(),
-		Name:        o.name,
-		Advertise:   o.advertise,
-		HTTP:        o.http,
-		VBuckets:    o.vbuckets,
-		Replicas:    o.replicas,
+		Listen:          o.listen,
+		MemoryLimit:     int64(o.memoryLimit),
+		MaxItemSize:     int(o.maxItemSize),
+		MaxConns:        o.maxConns,
+		IdleTimeout:     o.idleTimeout,
+		Users:           users,
+		PeerUser:        o.peerUser,
+		Version:         "1.6.0-vbcache-" + version,
+		Logger:          log,
+		Gossip:          o.gossip,
+		GossipKey:       o.gossipKey,
+		Seeds:           o.seeds(),
+		Name:            o.name,
+		Advertise:       o.advertise,
+		HTTP:            o.http,
+		VBuckets:        o.vbuckets,
+		Replicas:        o.replicas,
+		ReplicaPartners: o.partners,
 
 		AsyncReplication: o.replication == "async",
 	})
