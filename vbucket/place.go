@@ -12,18 +12,18 @@ import (
 // Place computes which members hold each of n vbuckets, with replicas
 // replica copies. It depends only on the set of names (not their order), n,
 // replicas and partners, so every node computing it from the same member
-// set gets the same answer. Rows index into members as given. Row r is [active,
-// replica1, ...]; when there are fewer members than replicas+1, the missing
-// replica entries are -1. No member appears twice in a row.
+// set gets the same answer. Rows index into members as given. Row r is
+// [active, replica1, ...]; when there are fewer members than replicas+1, the
+// missing replica entries are -1. No member appears twice in a row.
 //
 // partners bounds how many members hold the replicas of one member's
 // active vbuckets: with partners > 0, a vbucket's replicas are among the
 // partners members that follow its active member in name order (wrapping
-// around), the member's partners; 0 allows every member. Fewer partners
-// make a replicated write cheaper, since each write wakes every partner it
-// has copies for, but put a failed member's load on fewer survivors; see
-// the package documentation. partners below replicas leaves no room for the
-// replicas and is an error.
+// around), the member's partners; 0 allows every member, and so does
+// partners >= len(members)-1. Fewer partners make a replicated write
+// cheaper, since each write wakes every partner it has copies for, but put
+// a failed member's load on fewer survivors. partners below replicas leaves
+// no room for the replicas and is an error.
 //
 // Every member holds between lo and hi vbuckets in each row position, where
 // [lo, hi] is n/len(members) ±10% rounded inwards, widened to floor and ceil
@@ -33,9 +33,8 @@ import (
 //
 // Errors: no members, duplicate names, n not a power of two in
 // [1, MaxVBuckets], replicas outside [0, MaxReplicas], partners negative or
-// in [1, replicas). Place allocates the
-// rows, which the caller owns; it does not block and is safe for concurrent
-// use.
+// in [1, replicas). Place allocates the rows, which the caller owns; it does
+// not block and is safe for concurrent use.
 //
 // How: position 0 (the active owner) comes from consistent's ring and is
 // then balanced (fillActive in ring.go), unless there are too few vbuckets
