@@ -193,9 +193,8 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	cfg.Replicas = max(cfg.Replicas, 0)
-	if p := cfg.ReplicaPartners; p < 0 || p > 0 && p < cfg.Replicas {
-		return nil, fmt.Errorf("cluster: %d replica partners for %d replicas: want 0 (every other member) or at least the replicas",
-			p, cfg.Replicas)
+	if err := vbucket.CheckPartners(cfg.Replicas, cfg.ReplicaPartners); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

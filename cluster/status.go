@@ -10,14 +10,14 @@ import (
 // Status is a snapshot of this node's view of the cluster, as /cluster
 // shows it.
 type Status struct {
-	Node        string         `json:"node"`
-	Rev         int64          `json:"rev"`
-	VBuckets    int            `json:"vbuckets"`
-	Replicas    int            `json:"replicas"`
-	Partners    int            `json:"replica_partners"` // 0: every other member
-	Coordinator string         `json:"coordinator"`
-	Members     []MemberStatus `json:"members"`
-	Map         *vbucket.Map   `json:"map"`
+	Node            string         `json:"node"`
+	Rev             int64          `json:"rev"`
+	VBuckets        int            `json:"vbuckets"`
+	Replicas        int            `json:"replicas"`
+	ReplicaPartners int            `json:"replica_partners"` // 0: every other member
+	Coordinator     string         `json:"coordinator"`
+	Members         []MemberStatus `json:"members"`
+	Map             *vbucket.Map   `json:"map"`
 }
 
 // MemberStatus is one member as this node sees it.
@@ -39,8 +39,9 @@ type MemberStatus struct {
 func (c *Cluster) Status() Status {
 	m := c.cur.Load()
 	st := Status{
-		Node: c.cfg.Name, VBuckets: c.cfg.VBuckets, Replicas: c.cfg.Replicas, Partners: c.cfg.ReplicaPartners,
-		Coordinator: coordinator(c.live()), Map: m,
+		Node: c.cfg.Name, VBuckets: c.cfg.VBuckets, Replicas: c.cfg.Replicas,
+		ReplicaPartners: c.cfg.ReplicaPartners,
+		Coordinator:     coordinator(c.live()), Map: m,
 	}
 	var active, replica []int
 	if m != nil {

@@ -154,10 +154,9 @@ func New(cfg Config) (*Node, error) {
 			return nil, err
 		}
 		ccfg := cluster.Config{
-			Name: cfg.Name, Gossip: cfg.Gossip, Advertise: cfg.Advertise, Seeds: cfg.Seeds,
-			KV: n.kvAddr, VBuckets: cfg.VBuckets, Replicas: cfg.Replicas, ReplicaPartners: cfg.ReplicaPartners,
-			Logger:    cfg.Logger,
-			GossipKey: cfg.GossipKey, PeerCheck: check,
+			Name: cfg.Name, Gossip: cfg.Gossip, Advertise: cfg.Advertise, Seeds: cfg.Seeds, KV: n.kvAddr,
+			VBuckets: cfg.VBuckets, Replicas: cfg.Replicas, ReplicaPartners: cfg.ReplicaPartners,
+			Logger: cfg.Logger, GossipKey: cfg.GossipKey, PeerCheck: check,
 		}
 		if cfg.Advertise == "" {
 			ccfg.Advertise = host

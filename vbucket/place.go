@@ -66,9 +66,8 @@ func Place(members []string, n, replicas, partners int) ([][]int, error) {
 	if replicas < 0 || replicas > MaxReplicas {
 		return nil, fmt.Errorf("%w: %d is outside [0, %d]", ErrBadReplicas, replicas, MaxReplicas)
 	}
-	if partners < 0 || partners > 0 && partners < replicas {
-		return nil, fmt.Errorf("%w: %d replica partners for %d replicas (0 for any member, else at least the replicas)",
-			ErrBadReplicas, partners, replicas)
+	if err := CheckPartners(replicas, partners); err != nil {
+		return nil, err
 	}
 	// Work on the names in sorted order so that the result cannot depend on
 	// the order they came in; byName[i] is the index in members of the i-th.

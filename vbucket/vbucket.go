@@ -77,6 +77,18 @@ func VBucket(key []byte, n int) uint16 {
 	return uint16(Hash(key) & uint32(n-1))
 }
 
+// CheckPartners returns nil if partners is a valid bound on the members
+// holding one member's replicas (see Place) for replicas replica copies: 0
+// (every other member) or at least replicas. Otherwise it returns an error
+// wrapping ErrBadReplicas that says why.
+func CheckPartners(replicas, partners int) error {
+	if partners < 0 || partners > 0 && partners < replicas {
+		return fmt.Errorf("%w: %d replica partners for %d replicas; want 0 (every other member) or at least the replicas",
+			ErrBadReplicas, partners, replicas)
+	}
+	return nil
+}
+
 // CheckCount returns nil if n is a power of two in [1, MaxVBuckets], else an
 // error wrapping ErrBadCount that says why.
 func CheckCount(n int) error {

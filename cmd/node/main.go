@@ -226,8 +226,8 @@ func (o *options) check() error {
 	if o.replicas < 0 || o.replicas > 3 {
 		return fmt.Errorf("%s %d is outside 0..3", f("replicas"), o.replicas)
 	}
-	if o.partners < 0 || o.partners > 0 && o.partners < o.replicas {
-		return fmt.Errorf("%s %d: want 0 (every other node) or at least %s (%d)", f("replica-partners"), o.partners, f("replicas"), o.replicas)
+	if err := vbucket.CheckPartners(o.replicas, o.partners); err != nil {
+		return fmt.Errorf("%s (with %s %d): %w", f("replica-partners"), f("replicas"), o.replicas, err)
 	}
 	if o.gossip == "" {
 		for _, c := range []struct {
