@@ -20,11 +20,7 @@ func names(format string, k int) []string {
 
 func mustPlace(t testing.TB, members []string, n, replicas int) [][]int {
 	t.Helper()
-	rows, err := Place(members, n, replicas, 0)
-	if err != nil {
-		t.Fatalf("Place(%d members, %d, %d): %v", len(members), n, replicas, err)
-	}
-	return rows
+	return mustPlacePartners(t, members, n, replicas, 0)
 }
 
 // checkRows checks the shape Place promises: Replicas+1 entries a row, an
