@@ -45,8 +45,12 @@ func (r *replicator) run(ctx context.Context, cl Cluster) {
 		if rt == nil || rt.m.Rev == doneRev && !redo {
 			continue
 		}
-		if prev != nil && prev.m != rt.m {
-			r.dropLeft(prev, rt)
+		if prev == nil || prev.m != rt.m {
+			// Also the first map seen: peer connections may have been
+			// opened under an older one before this goroutine ran.
+			if prev != nil {
+				r.dropLeft(prev, rt)
+			}
 			r.srv.peers.retain(rt.kvAddrs())
 			retry = 0
 		}
