@@ -81,6 +81,8 @@ type Config struct {
 	ReplicaPartners int
 	// AsyncReplication acknowledges writes before replicas have them.
 	AsyncReplication bool
+	// CopyHold: see server.Config.
+	CopyHold time.Duration
 }
 
 // Errors returned by New for a Config that cannot work.
@@ -146,7 +148,7 @@ func New(cfg Config) (*Node, error) {
 	scfg := server.Config{
 		Store: n.store, MaxItemSize: cfg.MaxItemSize, MaxConns: cfg.MaxConns, IdleTimeout: cfg.IdleTimeout, Users: cfg.Users,
 		Version: cfg.Version, Logger: cfg.Logger, VBuckets: cfg.VBuckets, PeerAuth: peerAuth,
-		AsyncReplication: cfg.AsyncReplication,
+		AsyncReplication: cfg.AsyncReplication, CopyHold: cfg.CopyHold,
 	}
 	if cfg.Gossip != "" {
 		check, err := peerFingerprint(peerAuth)

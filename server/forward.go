@@ -108,6 +108,17 @@ func (c *conn) flushCluster(req *protocol.Request) {
 	c.slots = append(c.slots, s)
 }
 
+// waitsForCopies reports whether the batch waits for the copies of its
+// writes to be acknowledged (sync replication).
+func (c *conn) waitsForCopies() bool {
+	for i := range c.slots {
+		if len(c.slots[i].repl) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // assemble fills every slot, waiting for the responses, and replaces wbuf
 // with the batch's output in request order.
 func (c *conn) assemble() {

@@ -137,6 +137,41 @@ type loopIO struct {
 	// reads and writes with plain system calls. Only the loop uses and
 	// closes fd.
 	fd int
+	// What the hold of copies expects of the client (hold.go): answeredAt
+	// is when resume last answered it a replicated write, until it sends
+	// again; quick says it came back within the hold that time; awaited
+	// says it is expected back, in generation gen.
+	answeredAt time.Time
+	quick      bool
+	awaited    bool
+	gen        uint32
+}
+
+// answered notes that the client was just answered a replicated write,
+// and expects it back if it came back within the hold last time.
+func (lio *loopIO) answered(e *expected) {
+	lio.answeredAt = time.Now()
+	if lio.quick && !lio.awaited {
+		lio.gen, lio.awaited = e.add(), true
+	}
+}
+
+// arrived notes that the client sent something at at.
+func (lio *loopIO) arrived(e *expected, at time.Time) {
+	lio.left(e)
+	if !lio.answeredAt.IsZero() {
+		lio.quick = at.Sub(lio.answeredAt) < e.hold
+		lio.answeredAt = time.Time{}
+	}
+}
+
+// left notes that the client is no longer expected: it sent something, or
+// its connection leaves the loop.
+func (lio *loopIO) left(e *expected) {
+	if lio.awaited {
+		lio.awaited = false
+		e.arrived(lio.gen)
+	}
 }
 
 // startLoops starts one event loop per P. It returns nil if the system does
@@ -239,6 +274,9 @@ func dupCloexec(fd int) int {
 // remove takes c out of l and returns its descriptor, which gets no more
 // events.
 func (l *eventLoop) remove(c *conn) int {
+	if e := l.srv.peers.expected; e != nil {
+		c.lio.left(e)
+	}
 	fd := c.lio.fd
 	l.mu.Lock()
 	delete(l.conns, int32(fd))
@@ -514,10 +552,15 @@ func (c *conn) resume() {
 		l.handOff(c, false)
 		return
 	}
+	e := c.srv.peers.expected
+	copies := e != nil && c.waitsForCopies()
 	c.assemble()
 	c.recycleCalls()
 	if !l.write(c) {
 		return
+	}
+	if copies {
+		c.lio.answered(e)
 	}
 	for !c.park.CompareAndSwap(loopParked, loopServed) {
 		switch c.park.Load() {
@@ -563,6 +606,9 @@ func (l *eventLoop) step(c *conn, hup bool) {
 			c.stats[cBytesRead].Add(uint64(n))
 			c.active = l.now
 			c.readAt = time.Now()
+			if e := l.srv.peers.expected; e != nil {
+				lio.arrived(e, c.readAt)
+			}
 		}
 		switch {
 		case errno == syscall.EAGAIN:

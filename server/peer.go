@@ -117,6 +117,10 @@ type peers struct {
 	// connection failed with stream messages unacknowledged (see
 	// replicator.lost). Set before the first send.
 	streamLost func(addr string)
+	// expected, if set, are the clients a stream connection's writer holds
+	// its copies for (hold.go); nil without Config.CopyHold. Set before
+	// the first send.
+	expected *expected
 
 	mu    sync.Mutex // guards conns, retired and closed
 	conns map[string]*[peerConns]*peerConn
@@ -184,7 +188,7 @@ func (p *peers) conn(addr string, i int) (*peerConn, error) {
 		}
 		pc = &peerConn{addr: addr, slot: i, log: p.log, refusals: &p.refusals, wake: make(chan struct{}, 1), start: time.Now()}
 		if i == streamSlot {
-			pc.lost = p.streamLost
+			pc.lost, pc.expected = p.streamLost, p.expected
 		}
 		slots[i] = pc
 		p.wg.Go(func() { pc.run(p.auth) })
@@ -252,6 +256,10 @@ type peerConn struct {
 	slot     int               // its index in the pool's slots for addr
 	lost     func(addr string) // the pool's streamLost, on a stream connection
 	dead     atomic.Bool       // err is set: callers need not take mu to know
+	// expected is the pool's, on a stream connection; holding says its
+	// writer holds copies for them (hold.go).
+	expected *expected
+	holding  atomic.Bool
 
 	mu  sync.Mutex // guards the fields below
 	nc  net.Conn
@@ -462,8 +470,12 @@ func (pc *peerConn) run(auth *PeerAuth) {
 	defer close(stop)
 
 	var buf []byte
+	held := time.NewTimer(time.Hour)
+	held.Stop()
 	for range pc.wake {
 		pc.gather()
+		for pc.hold(held) {
+		}
 		pc.mu.Lock()
 		if pc.err != nil {
 			pc.mu.Unlock()

@@ -84,6 +84,11 @@ type Config struct {
 	// AsyncReplication acknowledges a client's write before its copies
 	// reach the replicas; by default (false) the client waits for them.
 	AsyncReplication bool
+	// CopyHold is how long, at most, a write of copies to a replica waits
+	// for the clients this node has just answered a replicated write to
+	// write again, so that it carries their copies too (hold.go). Zero, the
+	// default, sends copies at once. Only with sync replication.
+	CopyHold time.Duration
 	// PeerAuth, if set, are the SASL PLAIN credentials this node presents
 	// to the other nodes it forwards and streams to; needed when they
 	// require auth. With Users set, PeerAuth.User is also the only user
@@ -188,6 +193,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IdleTimeout < 0 {
 		return nil, fmt.Errorf("server: IdleTimeout %v is negative", cfg.IdleTimeout)
 	}
+	if cfg.CopyHold < 0 {
+		return nil, fmt.Errorf("server: CopyHold %v is negative", cfg.CopyHold)
+	}
 	if cfg.Version == "" {
 		cfg.Version = defaultVersion
 	}
@@ -217,6 +225,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Cluster != nil {
 		s.repl = newReplicator(s, cfg.VBuckets, !cfg.AsyncReplication)
 		s.peers.streamLost = s.repl.lost
+		if cfg.CopyHold > 0 && !cfg.AsyncReplication {
+			s.peers.expected = newExpected(cfg.CopyHold, s.peers.wakeHolders)
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		s.stopRepl = cancel
 		s.replDone.Go(func() { s.repl.run(ctx, cfg.Cluster) })

@@ -40,6 +40,10 @@ const (
 	indexBytesPerItem = 40
 )
 
+// maxCopyHold bounds -copy-hold: a client's write waits up to the hold,
+// and a longer one costs latency that no batching pays back.
+const maxCopyHold = 10 * time.Millisecond
+
 type options struct {
 	listen       string
 	memoryLimit  byteSize
@@ -64,6 +68,7 @@ type options struct {
 	replicas    int
 	partners    int
 	replication string
+	copyHold    time.Duration
 
 	// fromEnv maps the name of each flag set from the environment to
 	// the variable's name.
@@ -132,6 +137,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.replicas, "replicas", 1, "replica copies of each vbucket, 0 to 3 (cluster mode)")
 	fs.IntVar(&o.partners, "replica-partners", 0, "most nodes that hold the replicas of one node's vbuckets, at least -replicas; 0: every other node. Fewer make a sync-replicated write cheaper, but put a failed node's load on fewer survivors until the rebalance. The map's author (the coordinator) applies its own, as with -replicas")
 	fs.StringVar(&o.replication, "replication", "sync", "`mode`: sync acknowledges a write once its replicas have it; async acknowledges first, unless a replica is 4 MiB behind")
+	fs.DurationVar(&o.copyHold, "copy-hold", 200*time.Microsecond, "with -replication sync, the longest a write of copies to a replica waits for the clients this node has just answered a replicated write to send again (only those that came back that fast the last time), so that one write, and one wake-up of the replica, carries their copies too; 0 to 10ms, 0 sends at once")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env := envName(f.Name); env != "" {
 			f.Usage += envUsage(env)
@@ -222,6 +228,9 @@ func (o *options) check() error {
 	}
 	if o.replication != "sync" && o.replication != "async" {
 		return fmt.Errorf("%s %q: want sync or async", f("replication"), o.replication)
+	}
+	if o.copyHold < 0 || o.copyHold > maxCopyHold {
+		return fmt.Errorf("%s %v is outside 0..%v", f("copy-hold"), o.copyHold, maxCopyHold)
 	}
 	if o.replicas < 0 || o.replicas > 3 {
 		return fmt.Errorf("%s %d is outside 0..3", f("replicas"), o.replicas)
@@ -316,6 +325,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		ReplicaPartners: o.partners,
 
 		AsyncReplication: o.replication == "async",
+		CopyHold:         o.copyHold,
 	})
 	if err != nil {
 		return err

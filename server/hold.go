@@ -1,0 +1,153 @@
+package server
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Holding copies for the clients about to write again: group commit.
+//
+// With one request in flight per client, what a sync-replicated write costs
+// the cluster is mostly wake-ups. Each write of copies wakes its replica,
+// whose acknowledgement wakes this node's peer reader, and a stream
+// connection's writer sends what it has as soon as the event loops go idle.
+// Clients answered together come back together, a few microseconds apart;
+// so a write carried the copies of the few writes that arrived first, and
+// those that arrived just after paid for wake-ups of their own. Now a
+// stream connection's writer holds its copies while clients this node has
+// just answered a replicated write are expected to send again, for at most
+// Config.CopyHold after the first copy it holds. The hold ends as soon as
+// the last of those clients has sent something, or left. Databases do the
+// same with their group commit (PostgreSQL's commit_delay, bounded there by
+// a count of other transactions in progress; here, by the clients known to
+// be on their way).
+//
+// Only a client that came back within CopyHold the last time is expected,
+// so a client that thinks between requests is not waited for. If a hold
+// runs out while clients are still expected, they did not come back as
+// they used to, and every expectation then outstanding is forgotten: a
+// client that stopped costs at most one hold.
+//
+// Event loops (loop_linux.go) keep the expectations, since only their
+// connections are answered by resume, whose turnaround this measures; with
+// connections on goroutines nothing is expected and nothing held.
+
+// expected counts the clients this node expects to send again soon.
+type expected struct {
+	hold time.Duration // Config.CopyHold
+	// state is a generation in its high 32 bits and the clients expected
+	// in its low 32; forget starts a new generation with none, and the
+	// arrivals of clients expected in an older one do not count.
+	state atomic.Uint64
+	// holders counts the writers in hold, which wake wakes.
+	holders atomic.Int32
+	wake    func()
+}
+
+func newExpected(hold time.Duration, wake func()) *expected {
+	return &expected{hold: hold, wake: wake}
+}
+
+// add expects one more client and returns the generation its arrival
+// counts in.
+func (e *expected) add() (gen uint32) {
+	for {
+		s := e.state.Load()
+		if e.state.CompareAndSwap(s, s+1) {
+			return uint32(s >> 32)
+		}
+	}
+}
+
+// arrived counts the arrival of a client expected in generation gen, and
+// wakes the holding writers if it was the last one expected.
+func (e *expected) arrived(gen uint32) {
+	for {
+		s := e.state.Load()
+		if uint32(s>>32) != gen {
+			return // forgotten meanwhile
+		}
+		if e.state.CompareAndSwap(s, s-1) {
+			if uint32(s) == 1 && e.holders.Load() > 0 {
+				e.wake()
+			}
+			return
+		}
+	}
+}
+
+// waiting reports whether any client is expected.
+func (e *expected) waiting() bool { return uint32(e.state.Load()) > 0 }
+
+// forget drops every expectation outstanding, and wakes the writers that
+// hold for them.
+func (e *expected) forget() {
+	for {
+		s := e.state.Load()
+		if uint32(s) == 0 {
+			return
+		}
+		if e.state.CompareAndSwap(s, (s>>32+1)<<32) {
+			if e.holders.Load() > 0 {
+				e.wake()
+			}
+			return
+		}
+	}
+}
+
+// hold waits, on a stream connection, while clients are expected and its
+// oldest unwritten copy is younger than the hold: until the next kick, the
+// last expected arrival, or the end of the hold. It reports whether it
+// waited, so that the writer looks again; t is the writer's timer.
+func (pc *peerConn) hold(t *time.Timer) bool {
+	e := pc.expected
+	if e == nil || !e.waiting() {
+		return false
+	}
+	pc.mu.Lock()
+	left := e.hold - (time.Since(pc.start) - pc.outAt)
+	copies := pc.outStamped && pc.err == nil
+	pc.mu.Unlock()
+	if !copies {
+		return false
+	}
+	if left <= 0 {
+		e.forget() // the clients expected did not come back within the hold
+		return false
+	}
+	// holding, then waiting again: an arrival that ends the hold either
+	// comes before this look or sees holding and kicks (peers.wakeHolders).
+	pc.holding.Store(true)
+	e.holders.Add(1)
+	defer func() {
+		e.holders.Add(-1)
+		pc.holding.Store(false)
+	}()
+	if !e.waiting() {
+		return true
+	}
+	t.Reset(left)
+	select {
+	case <-pc.wake:
+	case <-t.C:
+	}
+	t.Stop()
+	return true
+}
+
+// wakeHolders kicks the stream connections whose writers hold copies.
+func (p *peers) wakeHolders() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, slots := range p.conns {
+		if pc := slots[streamSlot]; pc != nil && pc.holding.Load() {
+			pc.kick()
+		}
+	}
+	for _, pc := range p.retired {
+		if pc.holding.Load() {
+			pc.kick()
+		}
+	}
+}
