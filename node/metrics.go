@@ -39,6 +39,7 @@ type collector struct {
 	evictions, evictedUnfetched, expiredUnfetched, reclaimed           *prometheus.Desc
 	mapRev, vbuckets, moving, streams, backfillItems, backfillBytes    *prometheus.Desc
 	replErrors, replPending, replLag, members                          *prometheus.Desc
+	copyHolds, copyHoldsExpired                                        *prometheus.Desc
 }
 
 func newCollector(n *Node) *collector {
@@ -84,6 +85,8 @@ func newCollector(n *Node) *collector {
 	c.backfillItems = d("backfill_items_total", "Items this node has sent in backfills (rebalance moves, replica rebuilds).")
 	c.backfillBytes = d("backfill_bytes_total", "Bytes of the items this node has sent in backfills.")
 	c.replErrors = d("replication_errors_total", "Copies of writes that a replica failed or did not acknowledge in time.")
+	c.copyHolds = d("copy_holds_total", "Writes of copies held for clients expected to write again (-copy-hold).")
+	c.copyHoldsExpired = d("copy_holds_expired_total", "Holds of copies that ran out with clients still expected.")
 	c.replPending = d("replication_pending_copies", "Replication lag in messages: copies of writes, backfill items and "+
 		"stream resets sent or queued to a peer (by memcached address) and not yet acknowledged.", "peer")
 	c.replLag = d("replication_lag_seconds", "Replication lag in time: how long the oldest copy not yet acknowledged by "+
@@ -167,6 +170,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.backfillItems, p.BackfillItems)
 	counter(c.backfillBytes, p.BackfillBytes)
 	counter(c.replErrors, p.ReplicationErrs)
+	counter(c.copyHolds, p.CopyHolds)
+	counter(c.copyHoldsExpired, p.CopyHoldsExpired)
 	for _, l := range p.Peers {
 		gauge(c.replPending, float64(l.Copies), l.Peer)
 		gauge(c.replLag, l.Oldest.Seconds(), l.Peer)

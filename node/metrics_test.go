@@ -212,7 +212,7 @@ func TestMetricsCluster(t *testing.T) {
 		if lag := after.value("vbcache_replication_lag_seconds", peer...); lag != 0 {
 			t.Errorf("replication lag towards %s is %vs with every copy acknowledged", replica.KVAddr(), lag)
 		}
-		for _, name := range []string{"go_goroutines", "process_cpu_seconds_total"} {
+		for _, name := range []string{"go_goroutines", "process_cpu_seconds_total", "vbcache_copy_holds_total", "vbcache_copy_holds_expired_total"} {
 			if after[name] == nil {
 				t.Errorf("%s missing", name)
 			}

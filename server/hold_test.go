@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"runtime"
 	"sync"
 	"testing"
@@ -23,106 +24,154 @@ func (l *copyLog) arrived(key string) (time.Time, bool) {
 	return at, ok
 }
 
-// holdingServer starts a node that holds every vbucket active, with a fake
-// replica that acknowledges its copies and logs when they arrive, and a
-// copy hold of hold.
+// holdingServer starts a node that holds every vbucket active with a copy
+// hold of hold. Its replicas are two fake ones, for the even and the odd
+// vbuckets, which acknowledge the copies and log when they arrive.
 func holdingServer(t *testing.T, hold time.Duration) (*Server, string, *copyLog) {
 	t.Helper()
 	log := &copyLog{at: map[string]time.Time{}}
-	replica := fakePeer(t, func(h protocol.Header, body []byte) []byte {
-		switch h.Opcode {
-		case protocol.OpSetQWithMeta, protocol.OpDelQWithMeta:
-			key := string(body[h.ExtrasLen : int(h.ExtrasLen)+int(h.KeyLen)])
-			log.mu.Lock()
-			log.at[key] = time.Now()
-			log.mu.Unlock()
-			return nil // quiet: the NOOP after them acknowledges them
-		}
-		return okResponse(h)
-	})
-	const n = 16
-	rows := make([][]int, n)
+	replica := func() string {
+		return fakePeer(t, func(h protocol.Header, body []byte) []byte {
+			switch h.Opcode {
+			case protocol.OpSetQWithMeta, protocol.OpDelQWithMeta:
+				key := string(body[h.ExtrasLen : int(h.ExtrasLen)+int(h.KeyLen)])
+				log.mu.Lock()
+				log.at[key] = time.Now()
+				log.mu.Unlock()
+				return nil // quiet: the NOOP after them acknowledges them
+			}
+			return okResponse(h)
+		})
+	}
+	rows := make([][]int, holdVBuckets)
 	for i := range rows {
-		rows[i] = []int{0, 1}
+		rows[i] = []int{0, 1 + i%2}
 	}
 	m := &vbucket.Map{Rev: 1, Replicas: 1, VBuckets: rows,
-		Servers: []vbucket.Server{{Name: "a", KV: "127.0.0.1:1"}, {Name: "b", KV: replica}}}
+		Servers: []vbucket.Server{{Name: "a", KV: "127.0.0.1:1"}, {Name: "b", KV: replica()}, {Name: "c", KV: replica()}}}
 	srv, addr := testServer(t, func(cfg *Config) {
-		cfg.Cluster, cfg.VBuckets, cfg.CopyHold = staticCluster{name: "a", m: m}, n, hold
+		cfg.Cluster, cfg.VBuckets, cfg.CopyHold = staticCluster{name: "a", m: m}, holdVBuckets, hold
 	})
 	return srv, addr, log
 }
 
-// timedSet sends a SET and returns how long its response took.
-func timedSet(t *testing.T, c *client, key string) time.Duration {
+const holdVBuckets = 16
+
+// replicaKey returns a key named after name whose copies go to replica
+// r (0 or 1) of holdingServer.
+func replicaKey(name string, r int) string {
+	for i := 0; ; i++ {
+		k := fmt.Sprintf("%s-%d", name, i)
+		if int(vbucket.VBucket([]byte(k), holdVBuckets))%2 == r {
+			return k
+		}
+	}
+}
+
+// timedSets sends a SET of each key in one write and returns how long
+// their responses took.
+func timedSets(t *testing.T, c *client, keys ...string) time.Duration {
 	t.Helper()
+	var frames [][]byte
+	for _, k := range keys {
+		frames = append(frames, frame(protocol.OpSet, k, "v", setExtras(0, 0), 0, 0))
+	}
 	start := time.Now()
-	if res := c.do(frame(protocol.OpSet, key, "v", setExtras(0, 0), 0, 0)); res.Status() != protocol.StatusOK {
-		t.Fatalf("SET %s: status 0x%02x", key, res.Status())
+	c.send(frames...)
+	for _, k := range keys {
+		if res := c.read(); res.Status() != protocol.StatusOK {
+			t.Fatalf("SET %s: status 0x%02x", k, res.Status())
+		}
 	}
 	return time.Since(start)
 }
 
-// TestCopyHold: a write's copy waits while a client the node has just
-// answered is expected back, and goes as soon as that client sends; a
-// client that does not come back costs one hold, and one that came back
-// slower than the hold is not waited for.
+// TestCopyHold: copies for both replicas wait while a client the node has
+// just answered is expected back, and go as soon as that client sends; a
+// client that does not come back costs one hold; one that came back slower
+// than the hold is not waited for, and neither are copies for one replica
+// alone.
 func TestCopyHold(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the hold expects only clients of event loops (Linux)")
 	}
 	const hold = 500 * time.Millisecond
-	_, addr, log := holdingServer(t, hold)
+	srv, addr, log := holdingServer(t, hold)
 	x, y := dial(t, addr), dial(t, addr)
+	e := srv.peers.expected
+	xk := func(i int) string { return replicaKey(fmt.Sprint("x", i), 0) }
+	yk := func(i int) []string {
+		return []string{replicaKey(fmt.Sprint("y", i), 0), replicaKey(fmt.Sprint("y", i), 1)}
+	}
 
 	// x writes twice in quick succession: after the second it is expected.
-	timedSet(t, x, "x1")
-	timedSet(t, x, "x2")
+	timedSets(t, x, xk(1))
+	timedSets(t, x, xk(2))
 
-	// y's write is held for x, until x sends something.
+	// y's writes, one for each replica, are held for x until x sends.
 	const xWaits = 100 * time.Millisecond
 	took := make(chan time.Duration, 1)
 	go func() {
 		start := time.Now()
-		y.send(frame(protocol.OpSet, "y1", "v", setExtras(0, 0), 0, 0))
+		y.send(frame(protocol.OpSet, yk(1)[0], "v", setExtras(0, 0), 0, 0), frame(protocol.OpSet, yk(1)[1], "v", setExtras(0, 0), 0, 0))
+		y.read()
 		y.read()
 		took <- time.Since(start)
 	}()
 	time.Sleep(xWaits)
-	if _, ok := log.arrived("y1"); ok {
-		t.Fatal("y1's copy reached the replica while x was expected back")
+	for _, k := range yk(1) {
+		if _, ok := log.arrived(k); ok {
+			t.Fatalf("%s's copy reached its replica while x was expected back", k)
+		}
 	}
 	xSent := time.Now()
-	if res := x.do(frame(protocol.OpGet, "x1", "", nil, 0, 0)); res.Status() != protocol.StatusOK {
-		t.Fatalf("GET x1: status 0x%02x", res.Status())
+	if res := x.do(frame(protocol.OpGet, xk(1), "", nil, 0, 0)); res.Status() != protocol.StatusOK {
+		t.Fatalf("GET: status 0x%02x", res.Status())
 	}
 	d := <-took
-	if at, ok := log.arrived("y1"); !ok || at.Before(xSent) {
-		t.Fatalf("y1's copy arrived at %v (ok %v), x sent at %v: not held for x", at, ok, xSent)
+	for _, k := range yk(1) {
+		if at, ok := log.arrived(k); !ok || at.Before(xSent) {
+			t.Fatalf("%s's copy arrived at %v (ok %v), x sent at %v: not held for x", k, at, ok, xSent)
+		}
 	}
 	if d < xWaits || d >= hold-100*time.Millisecond {
-		t.Fatalf("y1 took %v: want at least %v (held for x) and well under the hold of %v (x came back)", d, xWaits, hold)
+		t.Fatalf("y's writes took %v: want at least %v (held for x) and well under the hold of %v (x came back)", d, xWaits, hold)
+	}
+	if n := e.holds.Load(); n == 0 {
+		t.Fatal("no hold counted")
 	}
 
-	// x writes again and then sends nothing: y's write waits out the hold,
-	// once.
-	timedSet(t, x, "x3")
-	if d := timedSet(t, y, "y2"); d < hold-50*time.Millisecond {
-		t.Fatalf("y2 took %v: want the hold of %v, x being expected", d, hold)
+	// x writes again and then sends nothing: a write for one replica is not
+	// held; writes for both wait out the hold, once.
+	timedSets(t, x, xk(3))
+	if d := timedSets(t, y, replicaKey("y2", 1)); d >= hold/2 {
+		t.Fatalf("a write for one replica took %v: want no hold", d)
 	}
-	if d := timedSet(t, y, "y3"); d >= hold/2 {
-		t.Fatalf("y3 took %v: x was forgotten after one hold, want no hold", d)
+	if d := timedSets(t, y, yk(3)...); d < hold-50*time.Millisecond {
+		t.Fatalf("y's writes took %v: want the hold of %v, x being expected", d, hold)
+	}
+	if n := e.expired.Load(); n != 1 {
+		t.Fatalf("%d holds ran out, want 1", n)
+	}
+	if d := timedSets(t, y, yk(4)...); d >= hold/2 {
+		t.Fatalf("y's next writes took %v: x was forgotten after one hold, want no hold", d)
 	}
 
 	// x comes back slower than the hold: it is no longer expected.
 	time.Sleep(hold + 100*time.Millisecond)
-	timedSet(t, x, "x4")
-	if d := timedSet(t, y, "y4"); d >= hold/2 {
-		t.Fatalf("y4 took %v: x came back slower than the hold last time, want no hold", d)
+	timedSets(t, x, xk(4))
+	if d := timedSets(t, y, yk(5)...); d >= hold/2 {
+		t.Fatalf("y's writes took %v: x came back slower than the hold last time, want no hold", d)
 	}
-	for _, k := range []string{"x1", "x2", "x3", "x4", "y1", "y2", "y3", "y4"} {
+	keys := []string{xk(1), xk(2), xk(3), xk(4), replicaKey("y2", 1)}
+	for i := range 5 {
+		if i != 1 {
+			keys = append(keys, yk(i+1)...)
+		}
+	}
+	for _, k := range keys {
 		if _, ok := log.arrived(k); !ok {
-			t.Errorf("the replica has no copy of %s", k)
+			t.Errorf("no replica has a copy of %s", k)
 		}
 	}
 }

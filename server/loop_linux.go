@@ -556,11 +556,13 @@ func (c *conn) resume() {
 	copies := e != nil && c.waitsForCopies()
 	c.assemble()
 	c.recycleCalls()
+	if copies {
+		// Before the client can have its answer and send again; if the
+		// write fails, remove forgets the expectation.
+		c.lio.answered(e)
+	}
 	if !l.write(c) {
 		return
-	}
-	if copies {
-		c.lio.answered(e)
 	}
 	for !c.park.CompareAndSwap(loopParked, loopServed) {
 		switch c.park.Load() {

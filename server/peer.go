@@ -314,6 +314,9 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 	if isCopy(op) {
 		if !pc.outStamped { // one clock read per write, not per copy
 			pc.outAt, pc.outStamped = time.Since(pc.start), true
+			if pc.expected != nil {
+				pc.expected.streams.Add(1)
+			}
 		}
 		c.copy, c.queued = true, pc.outAt
 		pc.copies++
@@ -329,6 +332,14 @@ func (pc *peerConn) queue(c *call, frame []byte, op protocol.Opcode) {
 	binary.BigEndian.PutUint32(pc.out[at+12:], pc.opaque)
 	pc.pending = append(pc.pending, c)
 	pc.mu.Unlock()
+}
+
+// unstamp notes that out holds no copy any more. pc.mu is held.
+func (pc *peerConn) unstamp() {
+	if pc.outStamped && pc.expected != nil {
+		pc.expected.streams.Add(-1)
+	}
+	pc.outStamped = false
 }
 
 // quietCopy returns the quiet form of a copy of a write: SET_WITH_META and
@@ -413,6 +424,7 @@ func (pc *peerConn) fail(err error) {
 	pc.dead.Store(true)
 	pending := pc.pending[pc.head:]
 	copies := pc.copies
+	pc.unstamp()
 	pc.pending, pc.head, pc.out, pc.copies = nil, 0, nil, 0
 	nc := pc.nc
 	pc.mu.Unlock()
@@ -474,7 +486,10 @@ func (pc *peerConn) run(auth *PeerAuth) {
 	held.Stop()
 	for range pc.wake {
 		pc.gather()
-		for pc.hold(held) {
+		if pc.hold(held) {
+			for pc.hold(held) {
+			}
+			pc.expected.holds.Add(1)
 		}
 		pc.mu.Lock()
 		if pc.err != nil {
@@ -483,7 +498,7 @@ func (pc *peerConn) run(auth *PeerAuth) {
 		}
 		pc.endQuiet()
 		buf, pc.out = pc.out, buf[:0]
-		pc.outStamped = false
+		pc.unstamp()
 		pc.mu.Unlock()
 		if len(buf) == 0 {
 			continue

@@ -202,6 +202,11 @@ type Progress struct {
 	BackfillItems   uint64 `json:"items_sent"`       // items this node has sent in backfills, ever
 	BackfillBytes   uint64 `json:"bytes_sent"`       // bytes of those
 	ReplicationErrs uint64 `json:"replication_errors"`
+	// CopyHolds counts the writes of copies held for clients expected back
+	// (Config.CopyHold), and CopyHoldsExpired the holds that ran out with
+	// some still expected.
+	CopyHolds        uint64 `json:"copy_holds"`
+	CopyHoldsExpired uint64 `json:"copy_holds_expired"`
 	// Streams are those the map asks this node to send (one per vbucket
 	// it holds active and other server of that vbucket's row or forward
 	// row); StreamsBackfilled of them have been sent everything the
@@ -218,6 +223,9 @@ func (s *Server) Progress() Progress {
 	p := Progress{
 		BackfillItems: s.stats.backfillItems.Load(), BackfillBytes: s.stats.backfillBytes.Load(),
 		ReplicationErrs: s.stats.replErrors.Load(), Peers: s.peers.lag(),
+	}
+	if e := s.peers.expected; e != nil {
+		p.CopyHolds, p.CopyHoldsExpired = e.holds.Load(), e.expired.Load()
 	}
 	if rt := s.router.get(); rt != nil {
 		if s.repl != nil {

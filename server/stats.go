@@ -116,6 +116,8 @@ func (c *conn) generalStats(req *protocol.Request) {
 		c.statUint(req, "rebalance_items_sent", p.BackfillItems)
 		c.statUint(req, "rebalance_bytes_sent", p.BackfillBytes)
 		c.statUint(req, "replication_errors", p.ReplicationErrs)
+		c.statUint(req, "copy_holds", p.CopyHolds)
+		c.statUint(req, "copy_holds_expired", p.CopyHoldsExpired)
 	}
 }
 
