@@ -9,18 +9,17 @@ import (
 //
 // With one request in flight per client, what a sync-replicated write costs
 // the cluster is mostly wake-ups. Each write of copies wakes its replica,
-// whose acknowledgement wakes this node's peer reader, and a stream
-// connection's writer sends what it has as soon as the event loops go idle.
-// Clients answered together come back together, a few microseconds apart;
-// so a write carried the copies of the few writes that arrived first, and
-// those that arrived just after paid for wake-ups of their own. Now a
-// stream connection's writer holds its copies while clients this node has
-// just answered a replicated write are expected to send again, for at most
-// Config.CopyHold after the first copy it holds. The hold ends as soon as
-// the last of those clients has sent something, or left. Databases do the
-// same with their group commit (PostgreSQL's commit_delay, bounded there by
-// a count of other transactions in progress; here, by the clients known to
-// be on their way).
+// whose acknowledgement wakes this node's peer reader. A stream
+// connection's writer that sent what it had as soon as the event loops went
+// idle would carry the copies of the few writes that arrived first, and
+// those arriving a few microseconds later would pay for wake-ups of their
+// own: clients answered together come back together. So the writer holds
+// its copies while clients this node has just answered a replicated write
+// are expected to send again, for at most Config.CopyHold after the first
+// copy it holds. The hold ends as soon as the last of those clients has
+// sent something, or left. Databases do the same with their group commit
+// (PostgreSQL's commit_delay, bounded there by a count of other
+// transactions in progress; here, by the clients known to be on their way).
 //
 // Only a client that came back within CopyHold the last time is expected,
 // so a client that thinks between requests is not waited for. If a hold
@@ -35,7 +34,7 @@ import (
 // when it saves the wake-ups of several. Measured with 16 clients at one
 // request in flight (BENCHMARKS.md, "Holding copies"): with one replica
 // holding cost 13% of the throughput and 7% more CPU per write; with two or
-// more it saved 8-12% of the CPU and gained throughput.
+// more it saved 7-13% of the CPU and gained throughput.
 //
 // Event loops (loop_linux.go) keep the expectations, since only their
 // connections are answered by resume, whose turnaround this measures; with
@@ -65,12 +64,7 @@ func newExpected(hold time.Duration, wake func()) *expected {
 // add expects one more client and returns the generation its arrival
 // counts in.
 func (e *expected) add() (gen uint32) {
-	for {
-		s := e.state.Load()
-		if e.state.CompareAndSwap(s, s+1) {
-			return uint32(s >> 32)
-		}
-	}
+	return uint32(e.state.Add(1) >> 32)
 }
 
 // arrived counts the arrival of a client expected in generation gen, and
