@@ -66,6 +66,7 @@ func mainErr(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Items, "items", cfg.Items, "items to store in load mode (key:00000000 upwards)")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "measured run time")
 	fs.DurationVar(&cfg.Warmup, "warmup", cfg.Warmup, "unmeasured load before the measured time")
+	fs.DurationVar(&cfg.Think, "think", cfg.Think, "pause after each batch's responses, as a client that works between requests; 0 to 1s (0: none)")
 	fs.Int64Var(&cfg.MaxOps, "max-ops", cfg.MaxOps, "stop after this many measured requests; 0 = no limit (-duration still bounds the run)")
 	fs.BoolVar(&cfg.Prefill, "prefill", cfg.Prefill, "SET every key once (pipelined SETQ + NOOP) before the warmup")
 	fs.IntVar(&cfg.VBuckets, "vbuckets", cfg.VBuckets, "if > 0, put each key's CRC vbucket for this many vbuckets in the header; 0 sends vbucket 0")

@@ -81,11 +81,13 @@ func TestRunAgainstMemcached(t *testing.T) {
 		mode    string
 		depth   int
 		maxOps  int64
+		think   time.Duration
 		wantOps uint64 // exact, if not 0
 	}{
 		{name: "depth=1", mode: ModeRun, depth: 1},
 		{name: "depth=8", mode: ModeRun, depth: 8},
 		{name: "max-ops=1001/depth=4", mode: ModeRun, depth: 4, maxOps: 1001, wantOps: 1001},
+		{name: "think=20ms", mode: ModeRun, depth: 1, think: 20 * time.Millisecond},
 		{name: "load/items=5000", mode: ModeLoad, depth: 1, wantOps: 5000},
 	}
 	for _, tt := range tests {
@@ -100,6 +102,7 @@ func TestRunAgainstMemcached(t *testing.T) {
 			cfg.Warmup = 100 * time.Millisecond
 			cfg.Duration = 400 * time.Millisecond
 			cfg.MaxOps = tt.maxOps
+			cfg.Think = tt.think
 			cfg.VBuckets = 1024 // memcached ignores the vbucket field
 			res, err := Run(context.Background(), cfg)
 			if err != nil {
@@ -116,6 +119,13 @@ func TestRunAgainstMemcached(t *testing.T) {
 			}
 			if tt.mode == ModeLoad {
 				return
+			}
+			if tt.think > 0 {
+				// Each connection does a request, then thinks: at most
+				// one request per think, and one more in flight at the start.
+				if most := uint64(cfg.Conns) * (uint64(cfg.Duration/tt.think) + 1); res.Ops > most {
+					t.Errorf("%d ops in %v with %v of thinking after each, want at most %d", res.Ops, cfg.Duration, tt.think, most)
+				}
 			}
 			if res.PrefillItems != uint64(cfg.Keys) {
 				t.Errorf("prefilled %d items, want %d", res.PrefillItems, cfg.Keys)

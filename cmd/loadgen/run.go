@@ -39,6 +39,7 @@ type Config struct {
 	Items     int           // items to store (load mode)
 	Duration  time.Duration // measured time (run mode)
 	Warmup    time.Duration // unmeasured load before the measured time (run mode)
+	Think     time.Duration // pause after each batch's responses, as a client working between requests (run mode)
 	MaxOps    int64         // stop after this many measured ops; 0 = no limit
 	Prefill   bool          // SET every key once before the warmup (run mode)
 	VBuckets  int           // if > 0, send the CRC vbucket of each key for this many vbuckets
@@ -89,6 +90,8 @@ func (cfg *Config) validate() error {
 		return fmt.Errorf("duration %v: want > 0", cfg.Duration)
 	case cfg.Warmup < 0 || cfg.MaxOps < 0 || cfg.Timeout < 0:
 		return errors.New("warmup, max-ops and timeout must not be negative")
+	case cfg.Think < 0 || cfg.Think > time.Second:
+		return fmt.Errorf("think %v: want 0..1s", cfg.Think)
 	case cfg.VBuckets < 0 || cfg.VBuckets&(cfg.VBuckets-1) != 0:
 		return fmt.Errorf("vbuckets %d: want 0 or a power of two", cfg.VBuckets)
 	case cfg.IOTimeout <= 0:
@@ -526,6 +529,9 @@ func (w *worker) mixed() error {
 		if measuring {
 			w.ops += uint64(n)
 			w.lastDone = w.rd.readAt
+		}
+		if w.cfg.Think > 0 {
+			time.Sleep(w.cfg.Think)
 		}
 	}
 	return nil
