@@ -1,6 +1,7 @@
 package server
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -21,11 +22,20 @@ import (
 // (PostgreSQL's commit_delay, bounded there by a count of other
 // transactions in progress; here, by the clients known to be on their way).
 //
-// Only a client that came back within CopyHold the last time is expected,
-// so a client that thinks between requests is not waited for. If a hold
+// Only a client that came back within half of CopyHold the last time is
+// expected, so a client that thinks between requests is not waited for,
+// and one whose return varies a little still fits in the hold. If a hold
 // runs out while clients are still expected, they did not come back as
-// they used to, and every expectation then outstanding is forgotten: a
-// client that stopped costs at most one hold.
+// they used to: every expectation then outstanding is forgotten, and no
+// writer holds for a while, coolHolds holds' time at first, twice as long
+// each time a hold runs out again within coolHolds holds, up to maxCool. A
+// client that stopped costs one hold. Clients whose returns vary widely
+// (some fast, some after a pause: a client that thinks for tens of
+// microseconds, whose sleep the runtime may stretch to a millisecond) cost
+// one now and then, rather than one a wave; holding gathers the clients
+// into waves, and waves of such clients would wait for their slowest. And a
+// hold that runs out lasts longer than CopyHold on an otherwise idle node:
+// the runtime's poller sleeps in whole milliseconds.
 //
 // And a writer holds only while copies wait for at least two replicas. A
 // hold gathers the clients into one wave, so this node, with every client
@@ -40,9 +50,25 @@ import (
 // connections are answered by resume, whose turnaround this measures; with
 // connections on goroutines nothing is expected and nothing held.
 
+// After a hold runs out no writer holds for coolHolds holds' time, or
+// twice the last such pause if fewer than coolHolds holds came between,
+// up to maxCool.
+const (
+	coolHolds = 64
+	maxCool   = time.Second
+)
+
 // expected counts the clients this node expects to send again soon.
 type expected struct {
-	hold time.Duration // Config.CopyHold
+	hold  time.Duration // Config.CopyHold
+	start time.Time
+	// calm is when writers may hold again after a hold ran out, after
+	// start; cool is the pause then begun, and cooledAt the holds counted
+	// when it began (see pause).
+	calm     atomic.Int64
+	mu       sync.Mutex // guards cool and cooledAt
+	cool     time.Duration
+	cooledAt uint64
 	// state is a generation in its high 32 bits and the clients expected
 	// in its low 32; forget starts a new generation with none, and the
 	// arrivals of clients expected in an older one do not count.
@@ -58,8 +84,12 @@ type expected struct {
 }
 
 func newExpected(hold time.Duration, wake func()) *expected {
-	return &expected{hold: hold, wake: wake}
+	return &expected{hold: hold, start: time.Now(), wake: wake}
 }
+
+// quick reports whether a client that came back after turnaround is
+// expected back the next time.
+func (e *expected) quick(turnaround time.Duration) bool { return turnaround < e.hold/2 }
 
 // add expects one more client and returns the generation its arrival
 // counts in.
@@ -84,11 +114,25 @@ func (e *expected) arrived(gen uint32) {
 	}
 }
 
+// pause stops the holds for a while after one ran out.
+func (e *expected) pause() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	holds := e.holds.Load()
+	if e.cool == 0 || holds-e.cooledAt >= coolHolds {
+		e.cool = coolHolds * e.hold
+	} else {
+		e.cool = min(2*e.cool, maxCool)
+	}
+	e.cooledAt = holds
+	e.calm.Store(int64(time.Since(e.start) + e.cool))
+}
+
 // waiting reports whether any client is expected.
 func (e *expected) waiting() bool { return uint32(e.state.Load()) > 0 }
 
 // forget drops every expectation outstanding, and wakes the writers that
-// hold for them: a hold ran out.
+// hold for them: a hold ran out. Writers pause (see pause).
 func (e *expected) forget() {
 	for {
 		s := e.state.Load()
@@ -96,6 +140,7 @@ func (e *expected) forget() {
 			return
 		}
 		if e.state.CompareAndSwap(s, (s>>32+1)<<32) {
+			e.pause()
 			e.expired.Add(1)
 			if e.holders.Load() > 0 {
 				e.wake()
@@ -112,7 +157,7 @@ func (e *expected) forget() {
 // again; t is the writer's timer.
 func (pc *peerConn) hold(t *time.Timer) bool {
 	e := pc.expected
-	if e == nil || !e.waiting() || e.streams.Load() < 2 {
+	if e == nil || !e.waiting() || e.streams.Load() < 2 || time.Since(e.start) < time.Duration(e.calm.Load()) {
 		return false
 	}
 	pc.mu.Lock()

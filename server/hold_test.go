@@ -87,10 +87,10 @@ func timedSets(t *testing.T, c *client, keys ...string) time.Duration {
 }
 
 // TestCopyHold: copies for both replicas wait while a client the node has
-// just answered is expected back, and go as soon as that client sends; a
-// client that does not come back costs one hold; one that came back slower
-// than the hold is not waited for, and neither are copies for one replica
-// alone.
+// just answered is expected back, and go as soon as that client sends;
+// neither copies for one replica alone nor a client that came back slower
+// than half the hold are waited for; a client that does not come back
+// costs one hold, after which no writer holds for a while.
 func TestCopyHold(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the hold expects only clients of event loops (Linux)")
@@ -125,9 +125,7 @@ func TestCopyHold(t *testing.T) {
 		}
 	}
 	xSent := time.Now()
-	if res := x.do(frame(protocol.OpGet, xk(1), "", nil, 0, 0)); res.Status() != protocol.StatusOK {
-		t.Fatalf("GET: status 0x%02x", res.Status())
-	}
+	timedSets(t, x, xk(3))
 	d := <-took
 	for _, k := range yk(1) {
 		if at, ok := log.arrived(k); !ok || at.Before(xSent) {
@@ -141,29 +139,42 @@ func TestCopyHold(t *testing.T) {
 		t.Fatal("no hold counted")
 	}
 
-	// x writes again and then sends nothing: a write for one replica is not
-	// held; writes for both wait out the hold, once.
-	timedSets(t, x, xk(3))
+	// x, expected again, sends nothing: a write for one replica alone is
+	// not held.
 	if d := timedSets(t, y, replicaKey("y2", 1)); d >= hold/2 {
 		t.Fatalf("a write for one replica took %v: want no hold", d)
 	}
-	if d := timedSets(t, y, yk(3)...); d < hold-50*time.Millisecond {
+
+	// x comes back after more than half the hold: it is no longer expected.
+	time.Sleep(hold/2 + 50*time.Millisecond)
+	timedSets(t, x, xk(4))
+	if d := timedSets(t, y, yk(3)...); d >= hold/2 {
+		t.Fatalf("y's writes took %v: x came back slower than half the hold, want no hold", d)
+	}
+
+	// x is quick again, then sends nothing: y's writes wait out the hold,
+	// once, and then no writer holds for a while, though x is expected.
+	timedSets(t, x, xk(5))
+	timedSets(t, x, xk(6))
+	if d := timedSets(t, y, yk(4)...); d < hold-50*time.Millisecond {
 		t.Fatalf("y's writes took %v: want the hold of %v, x being expected", d, hold)
 	}
 	if n := e.expired.Load(); n != 1 {
 		t.Fatalf("%d holds ran out, want 1", n)
 	}
-	if d := timedSets(t, y, yk(4)...); d >= hold/2 {
-		t.Fatalf("y's next writes took %v: x was forgotten after one hold, want no hold", d)
+	timedSets(t, x, xk(7))
+	timedSets(t, x, xk(8))
+	if !e.waiting() {
+		t.Fatal("x is not expected after two quick writes")
+	}
+	if d := timedSets(t, y, yk(5)...); d >= hold/2 {
+		t.Fatalf("y's writes took %v just after a hold ran out: want no hold", d)
 	}
 
-	// x comes back slower than the hold: it is no longer expected.
-	time.Sleep(hold + 100*time.Millisecond)
-	timedSets(t, x, xk(4))
-	if d := timedSets(t, y, yk(5)...); d >= hold/2 {
-		t.Fatalf("y's writes took %v: x came back slower than the hold last time, want no hold", d)
+	keys := []string{replicaKey("y2", 1)}
+	for i := range 8 {
+		keys = append(keys, xk(i+1))
 	}
-	keys := []string{xk(1), xk(2), xk(3), xk(4), replicaKey("y2", 1)}
 	for i := range 5 {
 		if i != 1 {
 			keys = append(keys, yk(i+1)...)
@@ -210,5 +221,42 @@ func TestExpected(t *testing.T) {
 	e.arrived(g4)
 	if e.waiting() || woken != 3 {
 		t.Fatalf("after the new generation's arrival: waiting %v, woken %d times", e.waiting(), woken)
+	}
+}
+
+// TestHoldPause: after a hold runs out, writers pause for coolHolds holds'
+// time, twice as long each time one runs out again within coolHolds
+// holds, up to maxCool, and coolHolds holds after the last pause began
+// reset it.
+func TestHoldPause(t *testing.T) {
+	const hold = time.Millisecond
+	e := newExpected(hold, func() {})
+	expire := func() time.Duration {
+		e.add()
+		e.forget()
+		return e.cool
+	}
+	if c := expire(); c != coolHolds*hold {
+		t.Fatalf("first pause %v, want %v", c, coolHolds*hold)
+	}
+	if calm := time.Duration(e.calm.Load()); calm < time.Since(e.start)+coolHolds*hold/2 {
+		t.Fatalf("writers may hold again %v after start, now is %v: the pause is not in force", calm, time.Since(e.start))
+	}
+	e.holds.Add(coolHolds - 1)
+	if c := expire(); c != 2*coolHolds*hold {
+		t.Fatalf("pause after %d holds %v, want %v", coolHolds-1, c, 2*coolHolds*hold)
+	}
+	for range 10 {
+		expire()
+	}
+	if e.cool != maxCool {
+		t.Fatalf("pause after many expiries %v, want %v", e.cool, maxCool)
+	}
+	e.holds.Add(coolHolds)
+	if c := expire(); c != coolHolds*hold {
+		t.Fatalf("pause after %d holds %v, want %v again", coolHolds, c, coolHolds*hold)
+	}
+	if n := e.expired.Load(); n != 13 {
+		t.Fatalf("%d holds ran out, want 13", n)
 	}
 }

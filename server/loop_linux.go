@@ -139,7 +139,7 @@ type loopIO struct {
 	fd int
 	// What the hold of copies expects of the client (hold.go): answeredAt
 	// is when resume last answered it a replicated write, until it sends
-	// again; quick says it came back within the hold that time; awaited
+	// again; quick says it came back fast enough that time; awaited
 	// says it is expected back, in generation gen.
 	answeredAt time.Time
 	quick      bool
@@ -148,7 +148,7 @@ type loopIO struct {
 }
 
 // answered notes that the client was just answered a replicated write,
-// and expects it back if it came back within the hold last time.
+// and expects it back if it came back quickly last time.
 func (lio *loopIO) answered(e *expected) {
 	lio.answeredAt = time.Now()
 	if lio.quick && !lio.awaited {
@@ -160,7 +160,7 @@ func (lio *loopIO) answered(e *expected) {
 func (lio *loopIO) arrived(e *expected, at time.Time) {
 	lio.left(e)
 	if !lio.answeredAt.IsZero() {
-		lio.quick = at.Sub(lio.answeredAt) < e.hold
+		lio.quick = e.quick(at.Sub(lio.answeredAt))
 		lio.answeredAt = time.Time{}
 	}
 }
