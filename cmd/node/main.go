@@ -137,7 +137,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.replicas, "replicas", 1, "replica copies of each vbucket, 0 to 3 (cluster mode)")
 	fs.IntVar(&o.partners, "replica-partners", 0, "most nodes that hold the replicas of one node's vbuckets, at least -replicas; 0: every other node. Fewer make a sync-replicated write cheaper, but put a failed node's load on fewer survivors until the rebalance. The map's author (the coordinator) applies its own, as with -replicas")
 	fs.StringVar(&o.replication, "replication", "sync", "`mode`: sync acknowledges a write once its replicas have it; async acknowledges first, unless a replica is 4 MiB behind")
-	fs.DurationVar(&o.copyHold, "copy-hold", 200*time.Microsecond, "with -replication sync, the longest a write of copies to a replica waits for the clients this node has just answered a replicated write to send again (only those that came back that fast the last time), so that one write, and one wake-up of the replica, carries their copies too; 0 to 10ms, 0 sends at once")
+	fs.DurationVar(&o.copyHold, "copy-hold", 200*time.Microsecond, "with -replication sync, the longest a write of copies to a replica waits for the clients this node has just answered a replicated write to send again (only those that came back within half of it the last time; after a hold runs out, none for a while), so that one write, and one wake-up of the replica, carries their copies too; 0 to 10ms, 0 sends at once")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env := envName(f.Name); env != "" {
 			f.Usage += envUsage(env)
