@@ -151,9 +151,9 @@ func (e *expected) forget() {
 }
 
 // hold waits, on a stream connection, while clients are expected, copies
-// wait for another replica too, and its oldest unwritten copy is younger
-// than the hold: until the next kick, the last expected arrival, or the end
-// of the hold. It reports whether it waited, so that the writer looks
+// wait for another replica too, no pause is in force (see pause), and its
+// oldest unwritten copy is younger than the hold: until the next kick, the
+// last expected arrival, or the end of the hold. It reports whether it waited, so that the writer looks
 // again; t is the writer's timer.
 func (pc *peerConn) hold(t *time.Timer) bool {
 	e := pc.expected
