@@ -150,12 +150,23 @@ func (e *expected) forget() {
 	}
 }
 
+// holdCopies holds the writer's copies for as long as hold says, and
+// counts the hold.
+func (pc *peerConn) holdCopies() {
+	if !pc.hold() {
+		return
+	}
+	for pc.hold() {
+	}
+	pc.expected.holds.Add(1)
+}
+
 // hold waits, on a stream connection, while clients are expected, copies
 // wait for another replica too, no pause is in force (see pause), and its
 // oldest unwritten copy is younger than the hold: until the next kick, the
-// last expected arrival, or the end of the hold. It reports whether it waited, so that the writer looks
-// again; t is the writer's timer.
-func (pc *peerConn) hold(t *time.Timer) bool {
+// last expected arrival, or the end of the hold. It reports whether it
+// waited, so that the writer looks again.
+func (pc *peerConn) hold() bool {
 	e := pc.expected
 	if e == nil || !e.waiting() || e.streams.Load() < 2 || time.Since(e.start) < time.Duration(e.calm.Load()) {
 		return false
@@ -182,12 +193,16 @@ func (pc *peerConn) hold(t *time.Timer) bool {
 	if !e.waiting() {
 		return true
 	}
-	t.Reset(left)
+	if pc.holdTimer == nil {
+		pc.holdTimer = time.NewTimer(left)
+	} else {
+		pc.holdTimer.Reset(left)
+	}
 	select {
 	case <-pc.wake:
-	case <-t.C:
+	case <-pc.holdTimer.C:
 	}
-	t.Stop()
+	pc.holdTimer.Stop()
 	return true
 }
 

@@ -260,6 +260,9 @@ type peerConn struct {
 	// writer holds copies for them (hold.go).
 	expected *expected
 	holding  atomic.Bool
+	// holdTimer bounds the writer's holds; the writer's own, made at its
+	// first hold.
+	holdTimer *time.Timer
 
 	mu  sync.Mutex // guards the fields below
 	nc  net.Conn
@@ -482,15 +485,9 @@ func (pc *peerConn) run(auth *PeerAuth) {
 	defer close(stop)
 
 	var buf []byte
-	held := time.NewTimer(time.Hour)
-	held.Stop()
 	for range pc.wake {
 		pc.gather()
-		if pc.hold(held) {
-			for pc.hold(held) {
-			}
-			pc.expected.holds.Add(1)
-		}
+		pc.holdCopies()
 		pc.mu.Lock()
 		if pc.err != nil {
 			pc.mu.Unlock()
