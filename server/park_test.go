@@ -364,3 +364,34 @@ func TestLeavingOwnerAnswers(t *testing.T) {
 		})
 	})
 }
+
+// TestSettled: a batch is settled only when every call is complete and
+// none was disowned; one resumed with a call outstanding is not (see
+// settledCall), so it finishes on a goroutine rather than crash.
+func TestSettled(t *testing.T) {
+	srv, _ := testServer(t, nil)
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	c := newConn(srv, a)
+	ok := protocol.AppendHeader(nil, protocol.MagicResponse, protocol.OpGet, 0, 0, 0, 0, 0, 0, 0)
+	nmvb := protocol.AppendHeader(nil, protocol.MagicResponse, protocol.OpGet, 0, 0, 0, uint16(protocol.StatusNotMyVBucket), 0, 0, 0)
+	fwd, copied := newCall(nil), newCall(nil)
+	c.slots = []slot{{call: fwd}, {repl: []*call{copied}}}
+	if c.settled() {
+		t.Fatal("settled with both calls outstanding")
+	}
+	fwd.complete(ok, nil)
+	if c.settled() {
+		t.Fatal("settled with a copy outstanding")
+	}
+	copied.complete(nmvb, nil)
+	if c.settled() {
+		t.Fatal("settled with a copy refused NOT_MY_VBUCKET")
+	}
+	copied = newCall(nil)
+	copied.complete(ok, nil)
+	c.slots[1].repl[0] = copied
+	if !c.settled() {
+		t.Fatal("not settled with every call complete and accepted")
+	}
+}

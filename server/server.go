@@ -142,6 +142,9 @@ type Server struct {
 	// timeoutWarnings limits the warnings about calls to peers that time
 	// out, which under a partition every request may cause.
 	timeoutWarnings sometimes
+	// outstandingWarnings limits the errors about batches resumed with a
+	// call outstanding (settledCall).
+	outstandingWarnings sometimes
 
 	stopRepl context.CancelFunc
 	replDone sync.WaitGroup
